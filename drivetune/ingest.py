@@ -1,0 +1,197 @@
+"""`drivetune ingest SRC... --out DIR`: WOMD Scenario TFRecords -> Parquet shards, in parallel Ray tasks, resumable.
+
+Shard assignment is deterministic: the sources expand to a sorted, de-duplicated file list; the driver lists every
+record's byte offset from the headers alone (no payload is read); the global record sequence is cut into consecutive
+runs of `--shard-size` records, and run i becomes `shard-{i:05d}.parquet`. Each shard's manifest entry stores a
+fingerprint of its inputs (resolved path, size and mtime of each file, record offsets). A re-run skips a shard whose
+file exists, whose sha256 matches the manifest and whose input fingerprint is unchanged; every other shard is
+(re)built. Shards from an earlier, larger plan are removed. A bad record (CRC mismatch, truncation, undecodable
+proto) is reported with file + byte offset, the rest of its shard is still written, and the command exits 1 with a
+summary; a corrupt record header makes the rest of that file unreadable, which is reported the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from drivetune.shards import file_sha256, read_manifest, shard_name, write_manifest, write_shard
+from drivetune.sources import expand_tfrecords
+from drivetune.tfrecord import TFRecordError, read_record_at, scan_records
+from drivetune.womd import WomdError, scene_from_bytes
+
+for _key, _value in (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"), ("RAY_USAGE_STATS_ENABLED", "0"), ("OMP_NUM_THREADS", "1")):
+    os.environ.setdefault(_key, _value)
+
+
+@dataclass
+class ShardPlan:
+    name: str
+    inputs: list[tuple[str, int]]  # (resolved file path, record byte offset)
+    fingerprint: str
+
+
+@dataclass
+class IngestResult:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    scenes: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)  # {"file", "offset", "error"}
+    duplicate_ids: list[str] = field(default_factory=list)
+
+
+def plan_shards(files: list[Path], shard_size: int) -> tuple[list[ShardPlan], list[dict[str, Any]]]:
+    """Cut the records of `files` into shards; also returns errors met while framing (bad headers, truncation)."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    records: list[tuple[str, int]] = []
+    stamps: dict[str, tuple[int, int]] = {}
+    errors: list[dict[str, Any]] = []
+    for path in files:
+        resolved = str(path.resolve())
+        st = path.stat()
+        stamps[resolved] = (st.st_size, st.st_mtime_ns)
+        offsets, exc = scan_records(path)
+        if exc is not None:
+            errors.append({"file": str(path), "offset": exc.offset, "error": f"{exc} (rest of file unreadable)"})
+        records += [(resolved, o) for o in offsets]
+    plans = []
+    for i in range(0, len(records), shard_size):
+        chunk = records[i : i + shard_size]
+        key = [(p, *stamps[p], o) for p, o in chunk]
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+        plans.append(ShardPlan(shard_name(len(plans)), chunk, digest))
+    return plans, errors
+
+
+def build_shard(out_dir: str, plan: ShardPlan) -> tuple[str, dict[str, Any]]:
+    """Read, verify and convert one shard's records, then write the shard atomically. Runs as a Ray task."""
+    scenes, errors = [], []
+    for path, offset in plan.inputs:
+        try:
+            scenes.append(scene_from_bytes(read_record_at(path, offset), f"{path}: record at byte offset {offset}"))
+        except (TFRecordError, WomdError) as exc:
+            errors.append({"file": path, "offset": offset, "error": str(exc)})
+    entry = write_shard(Path(out_dir) / plan.name, scenes)
+    entry.update(inputs_fingerprint=plan.fingerprint, num_records=len(plan.inputs), errors=errors)
+    return plan.name, entry
+
+
+def _is_done(out_dir: Path, plan: ShardPlan, entry: dict[str, Any] | None) -> bool:
+    path = out_dir / plan.name
+    return (
+        entry is not None
+        and entry.get("inputs_fingerprint") == plan.fingerprint
+        and path.exists()
+        and file_sha256(path) == entry.get("sha256")
+    )
+
+
+def _start_ray(workers: int):
+    """A private local Ray with `workers` CPUs, unless this process already runs one (then that one is used)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray, None
+    temp_dir = Path("/tmp") / f"dt_ingest_{os.getpid()}"  # private; short (Ray socket paths have a length limit)
+    ray.init(
+        address="local",
+        _temp_dir=str(temp_dir),
+        num_cpus=workers,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 * 1024 * 1024,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
+    )
+    return ray, temp_dir
+
+
+def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, workers: int = 2,
+           progress: bool = True) -> IngestResult:  # fmt: skip
+    """Convert TFRecord sources into a shard directory; see the module docstring for the resume rules."""
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plans, framing_errors = plan_shards(expand_tfrecords(sources), shard_size)
+    old = read_manifest(out_dir)["shards"]
+    result = IngestResult(errors=list(framing_errors))
+    entries: dict[str, dict[str, Any]] = {}
+    todo: list[ShardPlan] = []
+    for plan in plans:
+        if _is_done(out_dir, plan, old.get(plan.name)):
+            entries[plan.name] = old[plan.name]
+            result.skipped.append(plan.name)
+        else:
+            todo.append(plan)
+    for stale in set(old) - {p.name for p in plans}:
+        (out_dir / stale).unlink(missing_ok=True)
+    for leftover in out_dir.glob(".shard-*.tmp"):  # temp files of an interrupted run
+        leftover.unlink(missing_ok=True)
+    write_manifest(out_dir, entries)
+
+    if todo:
+        ray, temp_dir = _start_ray(workers)
+        try:
+            task = ray.remote(num_cpus=1)(build_shard)
+            pending = {task.remote(str(out_dir), plan): plan for plan in todo}
+            bar = tqdm(total=sum(len(p.inputs) for p in todo), unit="scene", desc="ingest", disable=not progress)
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                plan = pending.pop(done[0])
+                name, entry = ray.get(done[0])
+                entries[name] = entry
+                result.written.append(name)
+                write_manifest(out_dir, entries)  # progress survives an interruption
+                bar.update(len(plan.inputs))
+            bar.close()
+        finally:
+            if temp_dir is not None:
+                ray.shutdown()
+                shutil.rmtree(temp_dir, ignore_errors=True)
+
+    seen: set[str] = set()
+    for name in sorted(entries):
+        entry = entries[name]
+        result.scenes += entry["num_rows"]
+        result.errors += entry.get("errors", [])
+        result.duplicate_ids += [s for s in entry["scenario_ids"] if s in seen]
+        seen.update(entry["scenario_ids"])
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="TFRecord files, directories or globs")
+    parser.add_argument("--out", required=True, help="shard directory (created; re-runs resume)")
+    parser.add_argument("--shard-size", type=int, default=64, help="scenes per Parquet shard (default 64)")
+    parser.add_argument("--workers", type=int, default=2, help="parallel Ray tasks = local Ray CPUs (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = ingest(args.sources, args.out, args.shard_size, args.workers, progress=not args.no_progress)
+    except (ValueError, OSError) as exc:
+        print(f"drivetune ingest: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"ingest: {result.scenes} scenes in {len(result.written) + len(result.skipped)} shards under {args.out} "
+        f"({len(result.written)} written, {len(result.skipped)} already done and skipped)"
+    )
+    if result.duplicate_ids:
+        print(f"warning: {len(result.duplicate_ids)} duplicate scenario ids, e.g. {result.duplicate_ids[:3]}")
+    if result.errors:
+        print(f"ingest: {len(result.errors)} bad record(s) left out:", file=sys.stderr)
+        for err in result.errors:
+            print(f"  {err['error']}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,87 @@
+"""Where scenes come from: TFRecord files, directories of them, globs, shard directories and Parquet shard files.
+
+A spec is a path or glob string (or a list of them). Expansion is deterministic: glob matches and directory contents
+are sorted, and a file reached twice is used once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+from drivetune.scene import Scene
+from drivetune.shards import MANIFEST, ShardStore, read_shard
+from drivetune.womd import read_scenes
+
+Spec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+_GLOB_CHARS = set("*?[")
+
+
+class SourceError(ValueError):
+    """A source spec that names nothing readable."""
+
+
+def _is_tfrecord_name(path: Path) -> bool:
+    return ".tfrecord" in path.name or path.suffix == ".tfrec"
+
+
+def expand_sources(spec: Spec) -> list[Path]:
+    """Resolve a spec into an ordered list of TFRecord files, shard directories and Parquet shard files."""
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not items:
+        raise SourceError("no sources given")
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+
+    for item in items:
+        text = os.fspath(item)
+        if _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise SourceError(f"{text}: glob matches nothing")
+            paths = [Path(m) for m in matches]
+        else:
+            paths = [Path(text)]
+        for path in paths:
+            if path.is_dir():
+                if (path / MANIFEST).exists():
+                    add(path)
+                    continue
+                files = sorted(p for p in path.iterdir() if p.is_file() and _is_tfrecord_name(p))
+                if not files:
+                    raise SourceError(f"{path}: directory holds no *.tfrecord* files and no {MANIFEST}")
+                for f in files:
+                    add(f)
+            elif path.is_file():
+                add(path)
+            else:
+                raise SourceError(f"{path}: no such file or directory")
+    return out
+
+
+def expand_tfrecords(spec: Spec) -> list[Path]:
+    """Like `expand_sources`, but only TFRecord files are acceptable (ingest's input)."""
+    paths = expand_sources(spec)
+    bad = [str(p) for p in paths if p.is_dir() or p.suffix == ".parquet"]
+    if bad:
+        raise SourceError(f"expected TFRecord files, got shard data: {bad[:3]}")
+    return paths
+
+
+def iter_scenes(spec: Spec) -> Iterator[Scene]:
+    """Every Scene of every source in the spec, in spec order."""
+    for path in expand_sources(spec):
+        if path.is_dir():
+            yield from ShardStore(path)
+        elif path.suffix == ".parquet":
+            yield from read_shard(path)
+        else:
+            yield from read_scenes(path)
