@@ -117,6 +117,10 @@ def read_record_at(path: str | os.PathLike, offset: int) -> bytes:
     return payload
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes]) -> int:
     """Write chunks to a temp file beside `path`, fsync, then rename over it. Returns bytes written."""
     path = Path(path)
@@ -130,6 +134,7 @@ def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes]) -> int:
                 written += len(chunk)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
