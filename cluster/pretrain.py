@@ -1,0 +1,201 @@
+"""`drivetune train pretrain`: behaviour-cloning (next-token) pretraining on Ray Train.
+
+The driver validates the config and the resource request, splits the shard store into train / eval scenes (a
+stable hash of the scenario id), builds Ray Datasets from the Parquet shards and runs a `TorchTrainer` (DDP over
+`num_workers` CPU or GPU workers) whose loop lives in `cluster.pretrain_loop`. The run directory holds numbered
+checkpoints, `metrics.jsonl` and `config.json`; a rerun with the same `run_dir` resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivetune.config import ConfigError, load_config, to_dict
+from drivetune.model import ModelConfig
+
+log = logging.getLogger("drivetune.pretrain")
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # shard directory (drivetune ingest / synth output)
+    vocab: str = ""  # motion vocabulary file (drivetune vocab build)
+    eval_fraction: float = 0.1  # share of scenes held out for evaluation (by scenario-id hash)
+    max_agents: int = 32  # agents per scene (valid at the current step first, nearest the SDC first)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio at max_steps
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class PretrainConfig:
+    run_dir: str = "runs/pretrain"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    batch_size: int = 4  # scenes per worker per step
+    max_steps: int = 200
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_scenes: int = 32  # at most this many held-out scenes per evaluation
+    eval_rollouts: int = 4  # sampled rollouts per scene for minADE
+    eval_top_k: int = 5  # top-k sampling for those rollouts
+    token_noise_k: int = 0  # >1: replace input tokens by one of their k nearest tokens ...
+    token_noise_prob: float = 0.0  # ... with this probability (targets stay clean)
+    seed: int = 0
+    resume: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self) -> "PretrainConfig":
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"pretrain config: {msg}")
+
+        need(self.num_workers >= 1, f"num_workers must be >= 1 (got {self.num_workers})")
+        need(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0 (got {self.cpus_per_worker})")
+        need(self.batch_size >= 1 and self.max_steps >= 1, "batch_size and max_steps must be >= 1")
+        need(self.log_every >= 1 and self.checkpoint_every >= 1, "log_every and checkpoint_every must be >= 1")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+        need(0.0 <= self.data.eval_fraction < 1.0, f"data.eval_fraction must be in [0, 1) ({self.data.eval_fraction})")
+        need(self.token_noise_k != 1 and self.token_noise_k >= 0, "token_noise_k must be 0 (off) or >= 2")
+        need(0.0 <= self.token_noise_prob <= 1.0, "token_noise_prob must be in [0, 1]")
+        need(self.eval_rollouts >= 1 and self.eval_top_k >= 1, "eval_rollouts and eval_top_k must be >= 1")
+        need(bool(self.data.shards) and Path(self.data.shards).is_dir(), f"data.shards {self.data.shards!r} is not a dir")
+        need(bool(self.data.vocab) and Path(self.data.vocab).is_file(), f"data.vocab {self.data.vocab!r} is not a file")
+        self.model.resolved()
+        return self
+
+
+def is_eval_scene(scenario_id: str, fraction: float) -> bool:
+    """Stable train/eval split by a hash of the scenario id."""
+    return (zlib.crc32(scenario_id.encode()) % 10_000) < fraction * 10_000
+
+
+def check_resources(cfg: PretrainConfig, resources: dict[str, float]) -> None:
+    """Raise ConfigError if the request cannot fit the cluster (Ray Train would wait forever). One CPU is kept free
+    for Ray Data's read tasks."""
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    want = cfg.num_workers * cfg.cpus_per_worker
+    if want > cpus - 1:
+        raise ConfigError(f"pretrain asks for {cfg.num_workers} workers x {cfg.cpus_per_worker} CPU = {want} CPUs, "
+                          f"but the cluster has {cpus:g} and 1 must stay free for Ray Data; lower num_workers or "
+                          f"cpus_per_worker")
+    if cfg.use_gpu and gpus < cfg.num_workers:
+        raise ConfigError(f"pretrain asks for {cfg.num_workers} GPU workers but the cluster has {gpus:g} GPUs")
+
+
+def build_datasets(cfg: PretrainConfig) -> tuple[dict[str, Any], int, int]:
+    """Ray Datasets {"train", "eval"} from the shard store; (datasets, #train, #eval). Without held-out scenes
+    there is no "eval" dataset and rank 0 evaluates on its own training scenes."""
+    from drivetune.shards import ShardStore
+
+    store = ShardStore(cfg.data.shards)
+    ids = store.scenario_ids()
+    if not ids:
+        raise ConfigError(f"{cfg.data.shards}: shard store has no scenes")
+    frac = cfg.data.eval_fraction
+    eval_ids = {i for i in ids if is_eval_scene(i, frac)}
+    if len(eval_ids) == len(ids):
+        eval_ids = set()
+    ds = store.to_ray_dataset()
+    if not eval_ids:
+        log.warning("no held-out scenes (%d scenes, eval_fraction %.2f): evaluating on training scenes", len(ids), frac)
+        return {"train": ds}, len(ids), 0
+    train = ds.filter(lambda row: row["scenario_id"] not in eval_ids)
+    held = ds.filter(lambda row: row["scenario_id"] in eval_ids)
+    return {"train": train, "eval": held}, len(ids) - len(eval_ids), len(eval_ids)
+
+
+def fit(cfg: PretrainConfig) -> Any:
+    """Run pretraining on the connected Ray cluster; returns the Ray Train Result."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig as RayDataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from cluster.pretrain_loop import train_loop
+    from trainer.checkpoints import RunDirectory
+
+    cfg.validate()
+    check_resources(cfg, ray.cluster_resources())
+    run_dir = Path(cfg.run_dir).resolve()
+    cfg.run_dir = str(run_dir)
+    cfg.data.shards, cfg.data.vocab = str(Path(cfg.data.shards).resolve()), str(Path(cfg.data.vocab).resolve())
+    RunDirectory(run_dir).write_config(to_dict(cfg))
+    datasets, n_train, n_eval = build_datasets(cfg)
+    log.info("pretrain: %d train / %d eval scenes, %d workers (%s), run dir %s", n_train, n_eval, cfg.num_workers,
+             "GPU" if cfg.use_gpu else "CPU", run_dir)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=to_dict(cfg),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name="pretrain", storage_path=str(run_dir / "ray"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        datasets=datasets,
+        dataset_config=RayDataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+def init_ray(address: str | None) -> None:
+    """Attach to `address` (or RAY_ADDRESS, e.g. under `ray job submit`), else start a private local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": WORKER_ENV}
+    if address:
+        ray.init(address=address, runtime_env=env)
+    else:
+        ray.init(address="local", _temp_dir=tempfile.mkdtemp(prefix="dt_ray_", dir="/tmp"), include_dashboard=False,
+                 runtime_env=env)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config (e.g. configs/pretrain_micro.yaml)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. max_steps=50 model.size=nano")
+
+
+def run(args: argparse.Namespace) -> int:
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(PretrainConfig, args.config, args.overrides).validate()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    init_ray(args.address)
+    from ray.train import TrainingFailedError
+
+    try:
+        result = fit(cfg)
+    except ConfigError as exc:  # e.g. a resource request larger than the cluster
+        log.error("%s", exc)
+        return 2
+    except TrainingFailedError as exc:
+        log.error("pretraining failed: %s", exc)
+        return 1
+    log.info("done: metrics %s; checkpoints in %s", result.metrics, Path(cfg.run_dir) / "checkpoints")
+    return 0

@@ -1,0 +1,136 @@
+"""Checkpoint format: a directory with `model.safetensors` (weights), `vocab.safetensors` (the motion vocabulary the
+model was built with) and `meta.json` (format, model config, vocab hash, step, metrics, parent, free-form extras).
+
+Written atomically: everything goes to a temporary sibling directory that is renamed into place. Weights travel
+between processes as a dict of numpy arrays (`state_dict_to_numpy` / `load_numpy_state_dict`), which Ray's object
+store shares zero-copy. This module is core: rollout workers and services load checkpoints without `trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from drivetune.config import from_dict, to_dict
+from drivetune.model import BehaviorModel, ModelConfig
+from drivetune.tokenizer import MotionVocab
+
+FORMAT = "drivetune-checkpoint-v1"
+WEIGHTS, VOCAB, META = "model.safetensors", "vocab.safetensors", "meta.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing files, malformed, or does not fit its model."""
+
+
+def state_dict_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Parameters and persistent buffers as contiguous CPU numpy arrays (a copy, safe to ship or save)."""
+    return {k: v.detach().cpu().contiguous().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state_dict(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Copy numpy arrays (possibly read-only views from the object store) into the model's tensors, in place.
+    Raises CheckpointError naming missing, unexpected or mis-shaped entries."""
+    state = model.state_dict()
+    missing, unexpected = sorted(set(state) - set(arrays)), sorted(set(arrays) - set(state))
+    if missing or unexpected:
+        raise CheckpointError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    bad = [f"{k}: {tuple(arrays[k].shape)} != {tuple(v.shape)}" for k, v in state.items()
+           if tuple(arrays[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"state dict shape mismatch: {bad[:5]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            v.copy_(torch.from_numpy(np.array(arrays[k], copy=True)))
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: BehaviorModel,
+    meta: dict[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write `model` (+ its vocabulary) and metadata to `directory` atomically; replaces an existing checkpoint.
+    `meta` may hold step, metrics, parent (path of the checkpoint this one continues) and any JSON-able extras;
+    `extra_files` (name -> bytes) are written beside them (e.g. the trainer's optimizer state)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    full = {
+        "format": FORMAT,
+        "model_config": to_dict(model.cfg),
+        "vocab_hash": model.vocab_hash,
+        "step": int(meta.pop("step", 0)),
+        "metrics": meta.pop("metrics", {}),
+        "parent": meta.pop("parent", None),
+        "created": time.time(),
+        **meta,
+    }
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        save_file(state_dict_to_numpy(model), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        model.vocab.save(tmp / VOCAB)
+        for name, payload in (extra_files or {}).items():
+            if Path(name).name != name or name in (WEIGHTS, VOCAB, META):
+                raise CheckpointError(f"invalid extra checkpoint file name {name!r}")
+            (tmp / name).write_bytes(payload)
+        (tmp / META).write_text(json.dumps(full, indent=2, sort_keys=True, default=_json_default))
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old.{os.getpid()}"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's metadata; raises CheckpointError if missing or of another format."""
+    path = Path(directory) / META
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a checkpoint (no {META})")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {meta.get('format')!r} != {FORMAT!r}")
+    return meta
+
+
+def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[BehaviorModel, dict]:
+    """Rebuild the model from a checkpoint directory; returns (model in eval mode, metadata)."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    vocab = MotionVocab.load(directory / VOCAB)
+    if vocab.hash != meta["vocab_hash"]:
+        raise CheckpointError(f"{directory}: vocabulary hash {vocab.hash[:12]} != recorded {meta['vocab_hash'][:12]}")
+    model = BehaviorModel(from_dict(ModelConfig, meta["model_config"], where=f"{directory}/{META}"), vocab)
+    try:
+        arrays = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{directory / WEIGHTS}: unreadable weights ({e})") from e
+    load_numpy_state_dict(model, arrays)
+    return model.to(device).eval(), meta
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (Path,)):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable in checkpoint metadata: {type(value).__name__}")

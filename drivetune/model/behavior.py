@@ -1,0 +1,259 @@
+"""`BehaviorModel`: map encoder + SMART-style agent decoder with full-context and incremental (cached) decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from drivetune.model.batch import MAP_FEAT_DIM, AgentBatch, MapBatch
+from drivetune.model.config import ModelConfig
+from drivetune.model.layers import FourierEmbedding, RelAttention, mlp, nearest, pose_features
+from drivetune.tokenizer import NUM_AGENT_TYPES, MotionVocab
+from drivetune.tokenizer.map_tokens import NUM_MAP_CATEGORIES, NUM_SIGNAL_CLASSES
+
+
+
+@dataclass
+class MapContext:
+    """Encoded map of S scenes: poses [S, M, 3], valid [S, M], per-agent-layer projected keys/values [S*M, 2H]."""
+
+    poses: torch.Tensor
+    valid: torch.Tensor
+    kv: list[torch.Tensor]
+
+    @property
+    def num_scenes(self) -> int:
+        return int(self.valid.shape[0])
+
+
+@dataclass
+class DecodeState:
+    """Per-row decoding caches (rows b = scene * R + rollout). `kv` [L, B, A, W, 2H] holds each layer's projected
+    temporal keys/values of the last W tokens (oldest first); `poses` [B, A, W, 3] / `valid` [B, A, W] likewise."""
+
+    map_ctx: MapContext
+    scene_index: torch.Tensor  # [B] long
+    type_idx: torch.Tensor  # [B, A] long
+    kv: torch.Tensor
+    poses: torch.Tensor
+    valid: torch.Tensor
+    num_steps: int = 0
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.scene_index.shape[0])
+
+    @property
+    def last_pose(self) -> torch.Tensor:
+        return self.poses[:, :, -1]
+
+    @property
+    def last_valid(self) -> torch.Tensor:
+        return self.valid[:, :, -1]
+
+    def select(self, rows: torch.Tensor) -> "DecodeState":
+        """A new state holding the given rows (any order, repeats allowed); the map context is shared."""
+        return replace(self, scene_index=self.scene_index[rows], type_idx=self.type_idx[rows], kv=self.kv[:, rows],
+                       poses=self.poses[rows], valid=self.valid[rows])
+
+
+class BehaviorModel(nn.Module):
+    """Next-token model over per-type motion vocabularies (see package docstring for the API)."""
+
+    def __init__(self, cfg: ModelConfig, vocab: MotionVocab) -> None:
+        super().__init__()
+        cfg = cfg.resolved()
+        self.cfg = cfg
+        self.vocab = vocab
+        self.vocab_hash = vocab.hash
+        h = cfg.hidden
+        poses = torch.as_tensor(vocab.poses, dtype=torch.float32)  # [3, V, 6, 3]
+        if poses.ndim != 4 or poses.shape[0] != NUM_AGENT_TYPES or poses.shape[2:] != (6, 3):
+            raise ValueError(f"vocab.poses has shape {tuple(poses.shape)}, expected [3, V, 6, 3]")
+        steps = poses[:, :, 1:]
+        geometry = torch.cat([steps[..., :2], torch.cos(steps[..., 2:]), torch.sin(steps[..., 2:])], -1)
+        self.register_buffer("token_geometry", geometry.flatten(2), persistent=False)  # [3, V, 20]
+        self.register_buffer("token_mask", torch.as_tensor(vocab.token_mask, dtype=torch.bool), persistent=False)
+        self.num_tokens = int(poses.shape[1])
+        # embeddings
+        self.token_emb = mlp(self.token_geometry.shape[-1], h, h)
+        self.type_emb = nn.Embedding(NUM_AGENT_TYPES, h)
+        self.map_cat_emb = nn.Embedding(NUM_MAP_CATEGORIES, h)
+        self.map_sig_emb = nn.Embedding(NUM_SIGNAL_CLASSES, h)
+        self.map_feat_emb = mlp(MAP_FEAT_DIM, h, h)
+        # relative-pose encoders (shared by all layers of one attention kind)
+        self.rel_map_map = FourierEmbedding(5, h, cfg.fourier_bands)
+        self.rel_time = FourierEmbedding(6, h, cfg.fourier_bands)
+        self.rel_map = FourierEmbedding(5, h, cfg.fourier_bands)
+        self.rel_agent = FourierEmbedding(5, h, cfg.fourier_bands)
+
+        def blocks(n: int) -> nn.ModuleList:
+            return nn.ModuleList(RelAttention(h, cfg.heads, cfg.ff_mult, cfg.dropout) for _ in range(n))
+
+        self.map_blocks = blocks(cfg.map_layers)
+        self.time_blocks = blocks(cfg.agent_layers)
+        self.map_agent_blocks = blocks(cfg.agent_layers)
+        self.agent_blocks = blocks(cfg.agent_layers)
+        self.head = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, self.num_tokens))
+
+    # ------------------------------------------------------------------ helpers
+    def _embed(self, tokens: torch.Tensor, type_idx: torch.Tensor) -> torch.Tensor:
+        """[B, A, *T] token ids -> [B, A, *T, H] (type_idx [B, A] broadcast over time)."""
+        t = type_idx.reshape(*type_idx.shape, *([1] * (tokens.ndim - 2))).expand_as(tokens)
+        ids = tokens.clamp(0, self.num_tokens - 1)
+        return self.token_emb(self.token_geometry[t, ids]) + self.type_emb(t)
+
+    def _logits(self, x: torch.Tensor, type_idx: torch.Tensor) -> torch.Tensor:
+        logits = self.head(x)
+        mask = self.token_mask[type_idx]  # [B, A, V]
+        if logits.ndim == 4:
+            mask = mask[:, :, None]
+        return logits.masked_fill(~mask, float("-inf"))
+
+    def _map_neighbours(self, ctx: MapContext, scene_index: torch.Tensor, poses: torch.Tensor):
+        """Nearest map tokens of query poses [B, Q, 3]: flat indices into S*M, relative embeddings, mask."""
+        m = ctx.poses.shape[1]
+        mpos = ctx.poses[scene_index]  # [B, M, 3]
+        dist = torch.cdist(poses[..., :2], mpos[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
+        dist = dist.masked_fill(~ctx.valid[scene_index][:, None, :], float("inf"))
+        idx, mask = nearest(dist, self.cfg.map_neighbors, self.cfg.map_radius)  # [B, Q, K]
+        key = torch.gather(mpos[:, None].expand(-1, idx.shape[1], -1, -1), 2,
+                           idx[..., None].expand(-1, -1, -1, 3))
+        rel = self.rel_map(pose_features(poses[:, :, None], key))
+        return scene_index[:, None, None] * m + idx, rel, mask
+
+    def _agent_neighbours(self, poses: torch.Tensor, valid: torch.Tensor):
+        """Nearest other valid agents at one time: poses [G, A, 3], valid [G, A] -> idx [G, A, K], rel, mask."""
+        a = poses.shape[1]
+        dist = torch.cdist(poses[..., :2], poses[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
+        eye = torch.eye(a, dtype=torch.bool, device=poses.device)
+        dist = dist.masked_fill(eye | ~valid[:, None, :], float("inf"))
+        idx, mask = nearest(dist, self.cfg.agent_neighbors, self.cfg.agent_radius)
+        key = torch.gather(poses[:, None].expand(-1, a, -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
+        return idx, self.rel_agent(pose_features(poses[:, :, None], key)), mask
+
+    # --------------------------------------------------------------------- map
+    def encode_map(self, mb: MapBatch) -> MapContext:
+        """Encode S scenes' map tokens once; the result is shared by every rollout of those scenes."""
+        s, m = mb.valid.shape
+        if m == 0:
+            raise ValueError("map batch has no map tokens (pad with one invalid token)")
+        poses = torch.cat([mb.pos, mb.heading[..., None]], -1).masked_fill(~mb.valid[..., None], 0.0)
+        x = self.map_cat_emb(mb.category) + self.map_sig_emb(mb.signal) + self.map_feat_emb(mb.feat)
+        dist = torch.cdist(poses[..., :2], poses[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
+        eye = torch.eye(m, dtype=torch.bool, device=dist.device)
+        dist = dist.masked_fill(eye | ~mb.valid[:, None, :], float("inf"))
+        idx, mask = nearest(dist, self.cfg.map_map_neighbors, self.cfg.map_map_radius)  # [S, M, K]
+        key = torch.gather(poses[:, None].expand(-1, m, -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
+        rel = self.rel_map_map(pose_features(poses[:, :, None], key)).flatten(0, 1)
+        flat = (torch.arange(s, device=idx.device)[:, None, None] * m + idx).flatten(0, 1)
+        mask = mask.flatten(0, 1)
+        x = x.flatten(0, 1)
+        for block in self.map_blocks:
+            x = block(x, block.project(x)[flat], rel, mask)
+        return MapContext(poses=poses, valid=mb.valid, kv=[blk.project(x) for blk in self.map_agent_blocks])
+
+    # ---------------------------------------------------------- full context
+    def forward(self, mb: MapBatch, agents: AgentBatch) -> torch.Tensor:
+        """Teacher-forced logits [B, A, T, V]; logits[:, :, i] predict token i + 1. B must be a multiple of S."""
+        ctx = self.encode_map(mb)
+        b, a, t = agents.tokens.shape
+        scene_index = _scene_index(b, ctx.num_scenes, agents.tokens.device)
+        valid = agents.valid
+        poses = agents.poses.masked_fill(~valid[..., None], 0.0)
+        x = self._embed(agents.tokens, agents.type_idx).flatten(0, 2)  # [N, H], N = B*A*T in (b, a, t) order
+        dev = poses.device
+        # temporal: the previous W tokens of the same agent, oldest first (lags W..1)
+        w = self.cfg.time_span
+        lag = torch.arange(w, 0, -1, device=dev)
+        src_t = torch.arange(t, device=dev)[:, None] - lag  # [T, W]
+        t_ok = (src_t >= 0)
+        src_t = src_t.clamp_min(0)
+        t_mask = (t_ok & valid[:, :, src_t]).flatten(0, 2)  # [N, W]
+        t_rel = self.rel_time(pose_features(poses[:, :, :, None], poses[:, :, src_t], lag.float())).flatten(0, 2)
+        row = torch.arange(b * a, device=dev).view(b, a, 1, 1) * t
+        t_idx = (row + src_t).flatten(0, 2)
+        # map: nearest map tokens of each (agent, time) pose
+        m_idx, m_rel, m_mask = self._map_neighbours(ctx, scene_index, poses.flatten(1, 2))
+        m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
+        # agents: nearest other agents at the same time
+        a_idx, a_rel, a_mask = self._agent_neighbours(poses.transpose(1, 2).flatten(0, 1),
+                                                      valid.transpose(1, 2).flatten(0, 1))  # groups (b, t)
+        k = a_idx.shape[-1]
+        a_idx = a_idx.view(b, t, a, k).transpose(1, 2)  # [B, A, T, K]
+        base = torch.arange(b, device=dev).view(b, 1, 1, 1) * a * t + torch.arange(t, device=dev).view(1, 1, t, 1)
+        a_idx = (base + a_idx * t).flatten(0, 2)
+        a_rel = a_rel.view(b, t, a, k, -1).transpose(1, 2).flatten(0, 2)
+        a_mask = a_mask.view(b, t, a, k).transpose(1, 2).flatten(0, 2)
+        for layer in range(self.cfg.agent_layers):
+            tb, mblk, ab = self.time_blocks[layer], self.map_agent_blocks[layer], self.agent_blocks[layer]
+            x = tb(x, tb.project(x)[t_idx], t_rel, t_mask)
+            x = mblk(x, ctx.kv[layer][m_idx], m_rel, m_mask)
+            x = ab(x, ab.project(x)[a_idx], a_rel, a_mask)
+        return self._logits(x.view(b, a, t, -1), agents.type_idx)
+
+    # ------------------------------------------------------------ incremental
+    def start(self, ctx: MapContext, history: AgentBatch, num_rollouts: int = 1) -> tuple[DecodeState, torch.Tensor]:
+        """Consume the history [S, A, Th] of each scene for R rollouts; returns the state and next-token logits."""
+        s, a, th = history.tokens.shape
+        if s != ctx.num_scenes:
+            raise ValueError(f"history has {s} scenes but the map context has {ctx.num_scenes}")
+        if th < 1 or num_rollouts < 1:
+            raise ValueError(f"need >= 1 history token and >= 1 rollout (got {th}, {num_rollouts})")
+        rep = lambda v: v.repeat_interleave(num_rollouts, dim=0)  # noqa: E731 - scene-major rows
+        b, w, dev = s * num_rollouts, self.cfg.time_span, history.tokens.device
+        state = DecodeState(
+            map_ctx=ctx,
+            scene_index=torch.arange(s, device=dev).repeat_interleave(num_rollouts),
+            type_idx=rep(history.type_idx),
+            kv=torch.zeros(self.cfg.agent_layers, b, a, w, 2 * self.cfg.hidden, device=dev),
+            poses=torch.zeros(b, a, w, 3, device=dev),
+            valid=torch.zeros(b, a, w, dtype=torch.bool, device=dev),
+        )
+        tokens, poses, valid = rep(history.tokens), rep(history.poses), rep(history.valid)
+        for i in range(th):
+            logits = self.step(state, tokens[:, :, i], poses[:, :, i], valid[:, :, i])
+        return state, logits
+
+    def step(self, state: DecodeState, tokens: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Append one token per agent (tokens [B, A], end poses [B, A, 3], valid [B, A]); returns logits [B, A, V]
+        for the next token. Updates `state` in place."""
+        b, a = tokens.shape
+        if state.type_idx.shape != (b, a) or poses.shape != (b, a, 3) or valid.shape != (b, a):
+            raise ValueError(f"step inputs tokens {tuple(tokens.shape)}, poses {tuple(poses.shape)}, valid "
+                             f"{tuple(valid.shape)} do not match the state's [B, A] = {tuple(state.type_idx.shape)}")
+        poses = poses.masked_fill(~valid[..., None], 0.0)
+        x = self._embed(tokens, state.type_idx).flatten(0, 1)  # [B*A, H]
+        w = self.cfg.time_span
+        lag = torch.arange(w, 0, -1, device=poses.device).float()
+        t_rel = self.rel_time(pose_features(poses[:, :, None], state.poses, lag)).flatten(0, 1)
+        t_mask = state.valid.flatten(0, 1)
+        m_idx, m_rel, m_mask = self._map_neighbours(state.map_ctx, state.scene_index, poses)
+        m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
+        a_idx, a_rel, a_mask = self._agent_neighbours(poses, valid)
+        a_idx = (torch.arange(b, device=poses.device).view(b, 1, 1) * a + a_idx).flatten(0, 1)
+        a_rel, a_mask = a_rel.flatten(0, 1), a_mask.flatten(0, 1)
+        new_kv = []
+        for layer in range(self.cfg.agent_layers):
+            tb, mblk, ab = self.time_blocks[layer], self.map_agent_blocks[layer], self.agent_blocks[layer]
+            new_kv.append(tb.project(x))
+            x = tb(x, state.kv[layer].flatten(0, 1), t_rel, t_mask)
+            x = mblk(x, state.map_ctx.kv[layer][m_idx], m_rel, m_mask)
+            x = ab(x, ab.project(x)[a_idx], a_rel, a_mask)
+        kv_now = torch.stack(new_kv).view(self.cfg.agent_layers, b, a, 1, -1)
+        state.kv = torch.cat([state.kv[:, :, :, 1:], kv_now], dim=3)
+        state.poses = torch.cat([state.poses[:, :, 1:], poses[:, :, None]], dim=2)
+        state.valid = torch.cat([state.valid[:, :, 1:], valid[:, :, None]], dim=2)
+        state.num_steps += 1
+        return self._logits(x.view(b, a, -1), state.type_idx)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _scene_index(rows: int, scenes: int, device: torch.device) -> torch.Tensor:
+    if rows % scenes:
+        raise ValueError(f"{rows} agent rows is not a multiple of {scenes} map scenes")
+    return torch.arange(scenes, device=device).repeat_interleave(rows // scenes)

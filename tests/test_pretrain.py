@@ -1,0 +1,85 @@
+"""BC pretraining on Ray Train: a 2-worker DDP run on CPU, then a resume that continues the same run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from model_helpers import grid_vocab  # noqa: E402
+
+from cluster.pretrain import PretrainConfig, check_resources, fit  # noqa: E402
+from cluster.pretrain_loop import batch_indices, lr_lambda  # noqa: E402
+from drivetune.checkpoint import load_checkpoint  # noqa: E402
+from drivetune.config import ConfigError, load_config  # noqa: E402
+from drivetune.shards import write_shards  # noqa: E402
+from drivetune.womd import load_scene  # noqa: E402
+from trainer.checkpoints import RunDirectory  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, womd_637, womd_ee5) -> Path:
+    root = tmp_path_factory.mktemp("pretrain_data")
+    write_shards(root / "shards", [load_scene(womd_637), load_scene(womd_ee5)], shard_size=1)
+    grid_vocab().save(root / "vocab.safetensors")
+    return root
+
+
+def _config(data_dir: Path, run_dir: Path, *overrides: str) -> PretrainConfig:
+    base = [f"run_dir={run_dir}", f"data.shards={data_dir / 'shards'}", f"data.vocab={data_dir / 'vocab.safetensors'}",
+            "num_workers=2", "cpus_per_worker=0.5", "batch_size=1", "log_every=2", "checkpoint_every=2",
+            "data.eval_fraction=0.0", "data.max_agents=16", "eval_rollouts=2", "token_noise_k=3",
+            "token_noise_prob=0.2"]
+    return load_config(PretrainConfig, REPO / "configs" / "pretrain_micro.yaml", base + list(overrides)).validate()
+
+
+def test_ddp_pretrain_then_resume_continues_the_run(ray_local, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = fit(_config(data_dir, run_dir, "max_steps=4"))
+    assert result.error is None
+    assert result.metrics["step"] == 4 and np.isfinite(result.metrics["loss"])
+    for key in ("token_acc", "repeat_last_acc", "eval_token_acc", "eval_repeat_last_acc", "eval_min_ade"):
+        assert 0.0 <= result.metrics[key] < float("inf"), key
+    run = RunDirectory(run_dir)
+    assert [s for s, _ in run.checkpoints()] == [2, 4]
+    first = RunDirectory.load_trainer_state(run.latest())
+    adam_steps = {int(v["step"]) for v in first["optimizer"]["state"].values()}
+    assert adam_steps == {4}
+
+    result = fit(_config(data_dir, run_dir, "max_steps=6", "keep_checkpoints=2"))
+    assert result.error is None and result.metrics["step"] == 6
+    assert [s for s, _ in run.checkpoints()] == [4, 6]
+    state = RunDirectory.load_trainer_state(run.latest())
+    assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6
+    assert {int(v["step"]) for v in state["optimizer"]["state"].values()} == {6}  # AdamW moments continued
+    model, meta = load_checkpoint(run.latest())
+    assert meta["parent"] == str(run.checkpoint_path(4)) and meta["stage"] == "pretrain"
+    assert [m["step"] for m in run.read_metrics()] == [2, 4, 6]
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_resource_request_larger_than_cluster_is_refused(data_dir, tmp_path):
+    cfg = _config(data_dir, tmp_path / "run", "num_workers=4", "cpus_per_worker=1")
+    with pytest.raises(ConfigError, match="CPUs"):
+        check_resources(cfg, {"CPU": 2.0})
+    with pytest.raises(ConfigError, match="GPU"):
+        check_resources(_config(data_dir, tmp_path / "run", "use_gpu=true", "num_workers=1"), {"CPU": 8.0})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        _config(data_dir, tmp_path / "run", "optim.learning_rate=1")
+    with pytest.raises(ConfigError, match="data.vocab"):
+        _config(data_dir, tmp_path / "run", "data.vocab=/nonexistent")
+
+
+def test_batch_stream_and_schedule_are_deterministic():
+    a = [batch_indices(10, 4, step, seed=1, rank=0).tolist() for step in range(5)]
+    assert a == [batch_indices(10, 4, step, seed=1, rank=0).tolist() for step in range(5)]
+    assert sorted(a[0] + a[1]) == sorted(set(a[0] + a[1]))  # no repeats within an epoch
+    assert len(batch_indices(2, 4, 0, 0, 0)) == 4  # fewer scenes than the batch wraps around
+    f = lr_lambda(warmup=2, max_steps=10, min_ratio=0.1)
+    assert f(0) == 0.5 and f(2) == pytest.approx(1.0) and f(10) == pytest.approx(0.1)
