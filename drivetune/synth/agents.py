@@ -7,12 +7,16 @@ import numpy as np
 VEHICLE, PEDESTRIAN, CYCLIST = 1, 2, 3
 
 
+def _clip(x: float, lo: float, hi: float) -> float:
+    return min(max(float(x), lo), hi)
+
+
 def vehicle_size(rng: np.random.Generator, allow_large: bool = True) -> tuple[float, float, float]:
     """(length, width, height) of a car (most), SUV/van or truck/bus."""
     u = rng.random()
     if u < 0.88 or not allow_large:
-        return (float(np.clip(rng.normal(4.7, 0.35), 3.8, 5.5)), float(np.clip(rng.normal(2.0, 0.1), 1.75, 2.25)),
-                float(np.clip(rng.normal(1.6, 0.18), 1.3, 2.0)))
+        return (_clip(rng.normal(4.7, 0.35), 3.8, 5.5), _clip(rng.normal(2.0, 0.1), 1.75, 2.25),
+                _clip(rng.normal(1.6, 0.18), 1.3, 2.0))
     if u < 0.97:
         return float(rng.uniform(5.2, 6.2)), float(rng.uniform(2.05, 2.3)), float(rng.uniform(1.9, 2.5))
     return float(rng.uniform(7.5, 11.0)), float(rng.uniform(2.4, 2.6)), float(rng.uniform(2.8, 3.5))
@@ -43,4 +47,5 @@ STYLE_RANGES = {
 
 def style_params(style: float, rng: np.random.Generator) -> dict[str, float]:
     """Behaviour parameters of one driver with style in [0, 1]."""
-    return {k: float((lo + (hi - lo) * style) * rng.uniform(0.95, 1.05)) for k, (lo, hi) in STYLE_RANGES.items()}
+    jitter = rng.uniform(0.95, 1.05, len(STYLE_RANGES))  # the same draws as one call per parameter
+    return {k: float((lo + (hi - lo) * style) * j) for (k, (lo, hi)), j in zip(STYLE_RANGES.items(), jitter.tolist())}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -16,22 +18,44 @@ def unit(angle: float) -> np.ndarray:
 
 def arc_length(pts: np.ndarray) -> np.ndarray:
     """Cumulative arc length [n] of a polyline [n, 2]."""
-    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
-    return np.concatenate([[0.0], np.cumsum(seg)])
+    d = pts[1:] - pts[:-1]
+    out = np.zeros(len(pts))
+    np.cumsum(np.sqrt((d * d).sum(1)), out=out[1:])
+    return out
 
 
-def resample(pts: np.ndarray, spacing: float) -> np.ndarray:
-    """Resample a polyline at (about) uniform arc-length spacing, keeping both end points."""
-    s = arc_length(pts)
-    n = max(int(np.ceil(s[-1] / spacing)), 1) + 1
-    t = np.linspace(0.0, s[-1], n)
-    return np.stack([np.interp(t, s, pts[:, 0]), np.interp(t, s, pts[:, 1])], axis=1)
+def span(stop: float, n: int) -> np.ndarray:
+    """n >= 2 evenly spaced values from 0 to stop (both included); np.linspace(0, stop, n) without its overhead."""
+    out = np.arange(n) * (stop / (n - 1))
+    out[-1] = stop
+    return out
+
+
+def gradient(f: np.ndarray) -> np.ndarray:
+    """np.gradient(f, axis=0) for unit spacing and at least two samples, without its overhead."""
+    out = np.empty_like(f)
+    out[1:-1] = (f[2:] - f[:-2]) / 2.0
+    out[0] = f[1] - f[0]
+    out[-1] = f[-1] - f[-2]
+    return out
+
+
+def resample(pts: np.ndarray, spacing: float, s: np.ndarray | None = None) -> np.ndarray:
+    """Resample a polyline at (about) uniform arc-length spacing, keeping both end points (s: its arc length)."""
+    s = arc_length(pts) if s is None else s
+    n = max(math.ceil(s[-1] / spacing), 1) + 1
+    t = span(float(s[-1]), n)
+    out = np.empty((n, 2))
+    out[:, 0] = np.interp(t, s, pts[:, 0])
+    out[:, 1] = np.interp(t, s, pts[:, 1])
+    return out
 
 
 def segment(a: np.ndarray, b: np.ndarray, spacing: float = 1.0) -> np.ndarray:
     """Straight polyline from a to b with (about) `spacing` between points, both ends included."""
-    n = max(int(np.ceil(float(np.hypot(*(b - a))) / spacing)), 1) + 1
-    return a + (b - a) * np.linspace(0.0, 1.0, n)[:, None]
+    d = b - a
+    n = max(math.ceil(math.hypot(float(d[0]), float(d[1])) / spacing), 1) + 1
+    return a + d * span(1.0, n)[:, None]
 
 
 def bezier(p0: np.ndarray, c0: np.ndarray, c1: np.ndarray, p1: np.ndarray, spacing: float = 0.5) -> np.ndarray:
@@ -77,14 +101,19 @@ def boxes_overlap(ca: np.ndarray, cb: np.ndarray, margin: float = 0.0) -> np.nda
 
     `margin` shrinks the test (a positive margin tolerates touching boxes).
     """
-    overlap = np.ones(ca.shape[:-2], dtype=bool)
-    for corners in (ca, cb):
+    shape = np.broadcast_shapes(ca.shape[:-2], cb.shape[:-2])
+    # corner-major copies [4, 2, ...]: reductions over the 4 corners become elementwise
+    a = np.ascontiguousarray(np.moveaxis(np.broadcast_to(ca, shape + (4, 2)), (-2, -1), (0, 1)))
+    b = np.ascontiguousarray(np.moveaxis(np.broadcast_to(cb, shape + (4, 2)), (-2, -1), (0, 1)))
+    overlap = np.ones(shape, dtype=bool)
+    for corners in (a, b):
         for k in (0, 1):
-            axis = corners[..., k + 1, :] - corners[..., k, :]
-            axis = axis / np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), 1e-9)
-            pa = np.einsum("...ij,...j->...i", ca, axis)
-            pb = np.einsum("...ij,...j->...i", cb, axis)
-            sep = (pa.max(-1) < pb.min(-1) + margin) | (pb.max(-1) < pa.min(-1) + margin)
+            ux, uy = corners[k + 1, 0] - corners[k, 0], corners[k + 1, 1] - corners[k, 1]
+            norm = np.maximum(np.sqrt(ux * ux + uy * uy), 1e-9)
+            ux, uy = ux / norm, uy / norm
+            pa = a[:, 0] * ux + a[:, 1] * uy
+            pb = b[:, 0] * ux + b[:, 1] * uy
+            sep = (pa.max(0) < pb.min(0) + margin) | (pb.max(0) < pa.min(0) + margin)
             overlap &= ~sep
     return overlap
 

@@ -27,7 +27,9 @@ class PedSim:
         self.rec_valid = np.zeros((capacity, num_steps), bool)
         # pieces that cross a crosswalk, and the crosswalk each path's next piece crosses
         self.piece_cw = tables.piece_cw
-        self._ctx: tuple[np.ndarray, ...] | None = None
+        self._ctx: np.ndarray | None = None  # arc lengths at the last `prepare`
+        self._act: _Active | None = None  # cached until someone enters or leaves
+        self._log: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, route: int, s: float, v0: float, size: tuple[float, float, float]) -> int:
         """Activate a pedestrian on path `route` at arc length s with desired speed v0 (0: standing)."""
@@ -38,25 +40,28 @@ class PedSim:
         self.active[i], self.route[i], self.s[i], self.v[i], self.v0[i] = True, route, s, min(v0, 1.0), v0
         self.length[i], self.width[i], self.height[i] = size
         self.size[i] = float(np.hypot(size[0], size[1]))
+        self._act = None
         return i
+
+    def _active(self) -> "_Active":
+        if self._act is None:
+            self._act = _Active(self)
+        return self._act
 
     def prepare(self, num_crosswalks: int) -> tuple[np.ndarray, bool]:
         """Per-step pedestrian context: (crosswalks with a pedestrian on a crossing piece [Q], whether some
         pedestrian waits to cross, i.e. vehicle threats are needed). Caches the piece lookup for `step`."""
         busy = np.zeros(max(num_crosswalks, 1), bool)
-        idx = np.flatnonzero(self.active)
+        c = self._active()
         self._ctx = None
-        if len(idx) == 0:
+        if len(c.idx) == 0:
             return busy, False
-        r = self.route[idx]
-        k, piece, sl = self.pt.piece_at(r, self.s[idx])
-        q = self.piece_cw[piece]
-        busy[q[q >= 0]] = True
-        P = self.pt.pieces.shape[1]
-        nxt = self.pt.pieces[r, np.minimum(k + 1, P - 1)]
-        q_next = np.where((k + 1 < P) & (nxt >= 0), self.piece_cw[np.maximum(nxt, 0)], -1)
-        self._ctx = (idx, k, piece, sl, q_next)
-        return busy, bool((q_next >= 0).any())
+        s = self.s[c.idx]
+        if c.next_start is None or np.count_nonzero(s >= c.next_start):
+            c.pieces(s, self)
+        busy[c.q_busy] = True
+        self._ctx = s
+        return busy, c.waiting
 
     def poses(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """xy [n, T, 2], heading [n, T] and velocity [n, T, 2] of the logged rows (zeros where invalid)."""
@@ -73,45 +78,90 @@ class PedSim:
         """A decision step (after `prepare`): follow, wait at the curb unless walking is allowed, move."""
         if self._ctx is None:
             return
-        idx, k, piece, sl, q = self._ctx
-        pt, tb = self.pt, self.tb
-        n = len(idx)
-        r, s, v = self.route[idx], self.s[idx], self.v[idx]
-        pieces, starts = pt.pieces[r], pt.starts[r]
-        P = pieces.shape[1]
-        ok = (np.arange(P)[None] >= k[:, None]) & (pieces >= 0)
-        gapc = starts[:, :, None] + sl[None, None, :] - s[:, None, None]
-        m = ok[:, :, None] & (pieces[:, :, None] == piece[None, None, :]) & (gapc > 0) & ~np.eye(n, dtype=bool)[:, None]
-        half = (self.size[idx][:, None] + self.size[idx][None, :]) / 2
-        gap = np.where(m, gapc - half[:, None, :], INF).min(axis=(1, 2))
+        s, c, tb = self._ctx, self._active(), self.tb
+        idx = c.idx
+        v = self.v[idx]
+        # nearest pedestrian ahead on the own path (each path holds a piece at most once)
+        gapc = c.off + (s - c.cur) - s[:, None]
+        gap = np.where(c.lead_mask & (gapc > 0), gapc - c.half_sum, INF)
+        gap = gap[c.ar, gap.argmin(1)]  # row minima (faster than .min(1) on small rows)
         # wait at the curb unless the next piece's crosswalk may be entered
-        nxt = np.minimum(k + 1, P - 1)
-        if (q >= 0).any():
+        if c.waiting:
+            q = c.q_next
             walk = np.ones(len(threat), bool)
             if tb.signal is not None:
                 walk = tb.signal.states(tb.cw_group, time) == 0  # the crossed approach has red
-            allowed = walk[np.maximum(q, 0)] & ~threat[np.maximum(q, 0)]
-            hold = (q >= 0) & ~allowed
-            wait_gap = starts[np.arange(n), nxt] - s - 0.3
-            gap = np.where(hold, np.minimum(gap, wait_gap), gap)
+            qc = np.maximum(q, 0)
+            hold = (q >= 0) & ~(walk[qc] & ~threat[qc])
+            gap = np.where(hold, np.minimum(gap, c.wait_start - s - 0.3), gap)
         v_safe = np.sqrt(np.maximum(2 * 1.5 * np.maximum(gap - 0.3 - 0.1 * v, 0), 0))  # 2 steps to the next decision
-        v_target = np.minimum(self.v0[idx], v_safe)
-        v_new = np.clip(v_target, v - 2.4 * DT, v + 1.6 * DT)  # 1.2 m/s^2 / 0.8 m/s^2 over two steps
+        v_target = np.minimum(c.v0, v_safe)
+        v_new = np.minimum(np.maximum(v_target, v - 2.4 * DT), v + 1.6 * DT)  # 1.2 / 0.8 m/s^2 over two steps
         v_new = np.maximum(v_new, 0.0)
-        self.s[idx] = s + 0.5 * (v + v_new) * DT
+        s_new = s + 0.5 * (v + v_new) * DT
+        self.s[idx] = s_new
         self.v[idx] = v_new
-        self._log_and_leave(idx, record)
+        self._log_and_leave(s_new, v_new, record)
 
     def coast(self, record: int) -> None:
         """A step between decisions: keep speed (pedestrians decide at 5 Hz)."""
-        idx = np.flatnonzero(self.active)
-        self.s[idx] += self.v[idx] * DT
-        self._log_and_leave(idx, record)
+        idx = self._active().idx
+        v = self.v[idx]
+        s_new = self.s[idx] + v * DT
+        self.s[idx] = s_new
+        self._log_and_leave(s_new, v, record)
 
-    def _log_and_leave(self, idx: np.ndarray, record: int) -> None:
+    def _log_and_leave(self, s: np.ndarray, v: np.ndarray, record: int) -> None:
+        c = self._active()
+        idx = c.idx
         if record >= 0:
-            self.rec_s[idx, record] = self.s[idx]
-            self.rec_v[idx, record] = self.v[idx]
-            self.rec_valid[idx, record] = True
-        gone = self.s[idx] >= self.pt.length[self.route[idx]] - 0.1
-        self.active[idx[gone]] = False
+            self._log.append((record, idx, s, v))
+        gone = s >= c.length - 0.1
+        if np.count_nonzero(gone):
+            self.active[idx[gone]] = False
+            self._act = None
+
+    def flush(self) -> None:
+        """Scatter the per-step log into the `rec_*` arrays [capacity, steps] (call once after the last step)."""
+        if not self._log:
+            return
+        rows = np.concatenate([e[1] for e in self._log])
+        cols = np.concatenate([np.full(len(e[1]), e[0]) for e in self._log])
+        self.rec_valid[rows, cols] = True
+        self.rec_s[rows, cols] = np.concatenate([e[2] for e in self._log])
+        self.rec_v[rows, cols] = np.concatenate([e[3] for e in self._log])
+        self._log = []
+
+
+class _Active:
+    """Active pedestrians (slot order) and what only changes when someone enters, leaves or changes piece."""
+
+    def __init__(self, sim: PedSim):
+        self.idx = idx = np.flatnonzero(sim.active)
+        n = len(idx)
+        self.ar = np.arange(n)
+        self.r = r = sim.route[idx]
+        self.length = sim.pt.length[r]
+        self.v0 = sim.v0[idx]
+        size = sim.size[idx]
+        self.half_sum = (size[:, None] + size[None, :]) / 2
+        self.not_self = self.ar[:, None] != self.ar[None, :]
+        self.starts = np.concatenate([sim.pt.starts[r], np.full((n, 1), np.inf)], 1)  # +inf: no next piece
+        self.r_pieces = sim.pt.pieces[r]
+        self.next_start: np.ndarray | None = None  # piece-level part, filled by `pieces`
+
+    def pieces(self, s: np.ndarray, sim: PedSim) -> None:
+        """Piece of every pedestrian at arc lengths s, the crosswalks on and ahead, and the leader lookup."""
+        k = np.maximum((s[:, None] >= self.starts).sum(1) - 1, 0)
+        P = self.r_pieces.shape[1]
+        piece = self.r_pieces[self.ar, k]
+        self.cur, self.next_start = self.starts[self.ar, k], self.starts[self.ar, k + 1]
+        q = sim.piece_cw[piece]
+        self.q_busy = q[q >= 0]
+        nxt = np.minimum(k + 1, P - 1)
+        nxt_piece = self.r_pieces[self.ar, nxt]
+        self.q_next = np.where((k + 1 < P) & (nxt_piece >= 0), sim.piece_cw[np.maximum(nxt_piece, 0)], -1)
+        self.waiting = bool((self.q_next >= 0).any())
+        self.wait_start = self.starts[self.ar, nxt]
+        self.off = sim.tb.ped_lead[self.r[:, None], piece[None, :]]  # where j's piece starts on i's path
+        self.lead_mask = (self.off >= self.cur[:, None]) & self.not_self

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from drivetune.synth.agents import CYCLIST, VEHICLE, cyclist_size, pedestrian_size, style_params, vehicle_size
-from drivetune.synth.geometry import arc_length
 from drivetune.synth.pedestrians import PedSim
 from drivetune.synth.roads import Network
 from drivetune.synth.tables import Tables
@@ -67,6 +66,7 @@ class Populator:
         self.entry_routes: dict[int, list[int]] = {}
         for r, route in enumerate(net.routes):
             self.entry_routes.setdefault(route[0], []).append(r)
+        self._entries = list(self.entry_routes.items())
         self.cyclist_share = float(rng.choice([0.0, 0.05, 0.12]))
 
     def _new_vehicle(self, route: int, s: float, v: float | None, allow_cyclist: bool = True) -> int:
@@ -109,7 +109,7 @@ class Populator:
             if ln.kind == "conn" or (ln.kind == "road" and ln.entries):
                 continue
             cands = [(r, k) for r, route in enumerate(net.routes) for k, l in enumerate(route) if l == lane_id]
-            length = float(tb.routes.length[cands[0][0]]) if ln.kind == "road" else float(arc_length(ln.pts)[-1])
+            length = float(tb.routes.length[cands[0][0]]) if ln.kind == "road" else ln.length
             pos = length - float(rng.uniform(2.0, 15.0))
             v_prev = None
             while pos > 5.0:
@@ -156,9 +156,8 @@ class Populator:
         """Boundary arrivals of vehicles (per entry lane, Poisson) and pedestrians."""
         rng = self.rng
         draws = rng.random(len(self.entry_routes) + 1)
-        for u, (lane, routes) in zip(draws, self.entry_routes.items()):
-            if u > 0.1 * 0.18 * self.density:
-                continue
+        for m in np.flatnonzero(draws[:-1] <= 0.1 * 0.18 * self.density):
+            lane, routes = self._entries[m]
             rear, v_occ = self.veh.occupancy(lane)
             r = int(routes[int(rng.integers(len(routes)))])
             if rear < 30.0:

@@ -9,6 +9,7 @@ features.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -31,6 +32,11 @@ class Lane:
     entries: list[int] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)
 
+    @cached_property
+    def length(self) -> float:
+        """Arc length (pts never change after construction)."""
+        return float(arc_length(self.pts)[-1])
+
 
 @dataclass
 class Arm:
@@ -47,11 +53,12 @@ class Arm:
     in_lanes: list[int] = field(default_factory=list)
     out_lanes: list[int] = field(default_factory=list)
 
-    @property
+    @cached_property
     def u(self) -> np.ndarray:
+        """Outward unit direction (the angle never changes after construction)."""
         return unit(self.angle)
 
-    @property
+    @cached_property
     def n(self) -> np.ndarray:
         return rot90(self.u)
 
@@ -77,6 +84,10 @@ class Corner:
 class PedPiece:
     pts: np.ndarray
     crosswalk: int = -1  # index of the crosswalk this piece crosses, else -1
+
+    @cached_property
+    def length(self) -> float:
+        return float(arc_length(self.pts)[-1])
 
 
 @dataclass
@@ -360,6 +371,6 @@ def route_polyline(net: Network, route: list[int]) -> tuple[np.ndarray, np.ndarr
     for i, lane in enumerate(route):
         pts = net.lanes[lane].pts
         starts.append(acc)
-        acc += float(arc_length(pts)[-1])
+        acc += net.lanes[lane].length
         parts.append(pts if i == 0 else pts[1:])
     return np.concatenate(parts), np.array(starts)

@@ -19,18 +19,20 @@ def on_road(net: Network, pts: np.ndarray) -> np.ndarray:
     """bool [N]: points (local frame) inside the drivable area that the network's road edges bound."""
     if net.ref is not None:
         ref = net.ref  # 1 m spacing, curvature radius >= 90 m: the nearest 5th point is within 5 of the nearest
+        rx, ry = ref[:, 0], ref[:, 1]
+        ex, ey = rx[1:] - rx[:-1], ry[1:] - ry[:-1]  # segment vectors
+        px, py = pts[:, 0], pts[:, 1]
         coarse = ref[::5]
-        d2 = (pts[:, 0, None] - coarse[None, :, 0]) ** 2 + (pts[:, 1, None] - coarse[None, :, 1]) ** 2
+        d2 = (px[:, None] - coarse[None, :, 0]) ** 2 + (py[:, None] - coarse[None, :, 1]) ** 2
         win = np.clip(d2.argmin(1)[:, None] * 5 + np.arange(-6, 7)[None], 0, len(ref) - 2)
-        a, b = ref[win], ref[win + 1]
-        ab = b - a
-        ap = pts[:, None] - a
-        t = np.clip((ap * ab).sum(-1) / (ab * ab).sum(-1), 0, 1)
-        d = np.linalg.norm(ap - ab * t[..., None], axis=-1)
-        m = d.argmin(1)
+        # nearest segment in the window, x / y kept apart (no [..., 2] temporaries)
+        apx, apy, abx, aby = px[:, None] - rx[win], py[:, None] - ry[win], ex[win], ey[win]
+        t = np.clip((apx * abx + apy * aby) / (ex * ex + ey * ey)[win], 0, 1)
+        dx, dy = apx - abx * t, apy - aby * t
+        m = np.sqrt(dx * dx + dy * dy).argmin(1)
         ar = np.arange(len(pts))
-        lateral = ab[ar, m, 0] * ap[ar, m, 1] - ab[ar, m, 1] * ap[ar, m, 0]
-        lateral /= np.linalg.norm(ab[ar, m], axis=1)
+        abx, aby, apx, apy = abx[ar, m], aby[ar, m], apx[ar, m], apy[ar, m]
+        lateral = (abx * apy - aby * apx) / np.sqrt(abx * abx + aby * aby)
         h_f, h_b = net.ref_half
         return (lateral >= -h_f) & (lateral <= h_b)
     arms = net.arms
@@ -41,14 +43,16 @@ def on_road(net: Network, pts: np.ndarray) -> np.ndarray:
     length = np.array([a.length for a in arms])
     inside = ((s >= 0) & (s <= length + 8.0) & (lat >= -h_out) & (lat <= h_in)).any(1)
     cs = [c for c in net.corners if c.center is not None]
-    if cs:
+    rest = np.flatnonzero(~inside)  # only these can still be on a corner fillet
+    if cs and len(rest):
+        pts, s, lat = pts[rest], s[rest], lat[rest]
         k = np.array([c.k for c in cs])
         j = np.array([c.j for c in cs])
         centre = np.stack([c.center for c in cs])
         d2 = (pts[:, 0, None] - centre[None, :, 0]) ** 2 + (pts[:, 1, None] - centre[None, :, 1]) ** 2
         fillet = (lat[:, k] >= h_in[k]) & (lat[:, j] <= -h_out[j]) & (s[:, k] <= np.array([c.s_k for c in cs]))
         fillet &= (s[:, j] <= np.array([c.s_j for c in cs])) & (d2 >= np.array([c.radius for c in cs]) ** 2)
-        inside |= fillet.any(1)
+        inside[rest] = fillet.any(1)
     return inside
 
 
@@ -66,8 +70,13 @@ def overlap_pairs(xy: np.ndarray, heading: np.ndarray, length: np.ndarray, width
         return []
     L, W = length + inflate, width + inflate
     reach = np.hypot(L, W) / 2
-    iu, ju = np.triu_indices(A, 1)
+    # candidate pairs: bounding boxes of the whole valid trajectories (grown by the reach) intersect
     x, y = xy[..., 0], xy[..., 1]
+    lo_x, hi_x = np.where(valid, x, np.inf).min(1) - reach, np.where(valid, x, -np.inf).max(1) + reach
+    lo_y, hi_y = np.where(valid, y, np.inf).min(1) - reach, np.where(valid, y, -np.inf).max(1) + reach
+    cand = ((lo_x[:, None] <= hi_x[None, :]) & (lo_x[None, :] <= hi_x[:, None]) & (lo_y[:, None] <= hi_y[None, :])
+            & (lo_y[None, :] <= hi_y[:, None]))
+    iu, ju = np.nonzero(np.triu(cand, 1))
     d2 = (x[iu] - x[ju]) ** 2 + (y[iu] - y[ju]) ** 2  # [pairs, T]
     near = (d2 < ((reach[iu] + reach[ju]) ** 2)[:, None]) & valid[iu] & valid[ju]
     p, t = np.nonzero(near)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivetune.synth.geometry import arc_length, resample
+from drivetune.synth.geometry import arc_length, gradient, resample
 from drivetune.synth.roads import Network, route_polyline
 
 DS = 0.5  # route sampling step, m
@@ -27,8 +27,8 @@ class SignalPlan:
     all_red: float
     offset: float
 
-    def states(self, groups: np.ndarray, t: float) -> np.ndarray:
-        """0 red, 1 yellow, 2 green for each group at time t (s)."""
+    def states(self, groups: np.ndarray, t: float | np.ndarray) -> np.ndarray:
+        """0 red, 1 yellow, 2 green for each group at time t (s); groups and an array t broadcast together."""
         g0, g1 = self.green
         cycle = g0 + g1 + 2 * (self.yellow + self.all_red)
         tau = (t + self.offset) % cycle
@@ -36,6 +36,17 @@ class SignalPlan:
         local = tau - start
         green = np.where(groups == 0, g0, g1)
         return np.where((local >= 0) & (local < green), 2, np.where((local >= green) & (local < green + self.yellow), 1, 0))
+
+    def group_states(self, t: float) -> tuple[int, int]:
+        """`states` of groups 0 and 1 at time t, as plain ints (the per-step fast path)."""
+        g0, g1 = self.green
+        cycle = g0 + g1 + 2 * (self.yellow + self.all_red)
+        tau = (t + self.offset) % cycle
+        out = []
+        for start, green in ((0.0, g0), (g0 + self.yellow + self.all_red, g1)):
+            local = tau - start
+            out.append(2 if 0 <= local < green else 1 if green <= local < green + self.yellow else 0)
+        return out[0], out[1]
 
 
 @dataclass
@@ -68,7 +79,11 @@ class PathTable:
 
 def _path_table(polys: list[np.ndarray], starts: list[np.ndarray], pieces: list[list[int]],
                 speed_caps: bool = True) -> PathTable:
-    res = [resample(p, DS) if len(p) > 1 else np.repeat(p, 2, 0) for p in polys]
+    res, totals = [], []
+    for p in polys:
+        s_in = arc_length(p)
+        totals.append(float(s_in[-1]))
+        res.append(resample(p, DS, s_in) if len(p) > 1 else np.repeat(p, 2, 0))
     n = max(len(p) for p in res) + 24  # room to run past the end for a step or two
     R, P = len(res), max(len(x) for x in pieces)
     pts = np.zeros((R, n, 2))
@@ -77,22 +92,24 @@ def _path_table(polys: list[np.ndarray], starts: list[np.ndarray], pieces: list[
     length = np.zeros(R)
     pc = -np.ones((R, P), np.int64)
     st = np.full((R, P), np.inf)
+    smooth = np.ones(9) / 9
     for r, p in enumerate(res):
         m = len(p)
-        d = np.gradient(p, axis=0)
-        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+        d = gradient(p)
+        d /= np.maximum(np.sqrt((d * d).sum(1)), 1e-9)[:, None]
         # extend beyond the end along the last tangent so lookups past the end stay smooth
-        ext = p[-1] + d[-1] * DS * np.arange(1, n - m + 1)[:, None]
-        pts[r] = np.concatenate([p, ext])
-        tan[r] = np.concatenate([d, np.repeat(d[-1:], n - m, 0)])
+        pts[r, :m], tan[r, :m] = p, d
+        pts[r, m:] = p[-1] + d[-1] * DS * np.arange(1, n - m + 1)[:, None]
+        tan[r, m:] = d[-1]
         if speed_caps:
             ang = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
-            kappa = np.convolve(np.abs(np.gradient(ang)) / DS, np.ones(9) / 9, mode="same")
+            kappa = np.convolve(np.abs(gradient(ang)) / DS, smooth, mode="same")
             s = np.arange(m) * DS
             ahead = np.minimum.accumulate((2.5 / np.maximum(kappa, 1e-4) + 3.0 * s)[::-1])[::-1] - 3.0 * s
-            vmax[r] = np.sqrt(np.maximum(np.concatenate([ahead, np.full(n - m, ahead[-1])]), 0))  # 1.5 m/s^2 braking
+            vmax[r, :m] = np.sqrt(np.maximum(ahead, 0))  # 1.5 m/s^2 braking
+            vmax[r, m:] = vmax[r, m - 1]
         length[r] = (m - 1) * DS
-        scale = length[r] / max(float(arc_length(polys[r])[-1]), 1e-9)
+        scale = length[r] / max(totals[r], 1e-9)
         pc[r, : len(pieces[r])] = pieces[r]
         st[r, : len(pieces[r])] = starts[r] * scale
     return PathTable(pts, tan, length, pc, st, vmax)
@@ -117,6 +134,9 @@ class Tables:
     piece_cw: np.ndarray  # [pedestrian pieces] crosswalk index, -1
     cw_group: np.ndarray  # [num crosswalks] signal group of the crossed approach (-1: unsignalised)
     signal: SignalPlan | None
+    lead: np.ndarray  # [2, R, C] leader lookup of vehicle routes (see _leader_table)
+    ped_lead: np.ndarray  # [Rp, pieces] route arc length where each pedestrian piece starts, -inf if not on it
+    conf: np.ndarray  # [3, C, C] conf_mask (0/1), conf_s0, conf_s1 stacked for one gather per step
 
 
 def _in_quad(p: np.ndarray, quad: np.ndarray, grow: float) -> np.ndarray:
@@ -147,14 +167,16 @@ def _conflicts(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     sizes = np.array([len(p) for p in pts])
     offs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     allp = np.concatenate(pts)
-    s_all = np.concatenate([arc_length(p) * (arc_length(net.lanes[c].pts)[-1] / max(arc_length(p)[-1], 1e-9))
-                            for p, c in zip(pts, conns)])
-    d = np.sqrt(((allp[:, None, :] - allp[None, :, :]) ** 2).sum(-1))
-    near = np.minimum.reduceat(d, offs, axis=1) < CONFLICT_RADIUS + 1.0  # [points, connectors]; +1: 2 m sampling
+    s_pts = [arc_length(p) for p in pts]
+    s_all = np.concatenate([s * (net.lanes[c].length / max(s[-1], 1e-9)) for s, c in zip(s_pts, conns)])
+    x, y = allp[:, 0], allp[:, 1]
+    d2 = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2
+    # [points, connectors]; +1: 2 m sampling (sqrt after the min: it is monotonic)
+    near = np.sqrt(np.minimum.reduceat(d2, offs, axis=1)) < CONFLICT_RADIUS + 1.0
     first = np.minimum.reduceat(np.where(near, s_all[:, None], np.inf), offs, axis=0)  # [a, b]
     last = np.maximum.reduceat(np.where(near, s_all[:, None], -np.inf), offs, axis=0)
     far_first = np.minimum.reduceat(np.where(~near, s_all[:, None], np.inf), offs, axis=0)
-    length = np.array([arc_length(net.lanes[c].pts)[-1] for c in conns])
+    length = np.array([net.lanes[c].length for c in conns])
     entry = [tuple(net.lanes[c].entries) for c in conns]
     sib = np.array([[ea == eb for eb in entry] for ea in entry])
     hit = np.isfinite(first)
@@ -190,13 +212,31 @@ def _crosswalk_spans(net: Network, routes: PathTable) -> tuple[np.ndarray, np.nd
     return route_cw, route_cw_s0, route_cw_s1
 
 
+def _leader_table(paths: PathTable, counts_as: np.ndarray) -> np.ndarray:
+    """[2, R, C]: for path r and lane c, the path arc length where c (or the piece c counts as) starts, and the
+    lane arc length below which an agent on c counts as on the path (-inf, -inf where c is not on path r).
+
+    counts_as[a, c] is that limit for piece a of the path (+inf for a itself, finite for connectors diverging from
+    a shared entry, -inf otherwise); a path holds each lane at most once, so every (r, c) has at most one piece.
+    """
+    R, P = paths.pieces.shape
+    out = np.full((2, R, counts_as.shape[1]), -np.inf)
+    for p in range(P):
+        rows = np.flatnonzero(paths.pieces[:, p] >= 0)
+        lim = counts_as[paths.pieces[rows, p]]
+        rr, cc = np.nonzero(lim > -np.inf)
+        out[0, rows[rr], cc] = paths.starts[rows[rr], p]
+        out[1, rows[rr], cc] = lim[rr, cc]
+    return out
+
+
 def build_tables(net: Network, rng: np.random.Generator) -> Tables:
     polys, starts = zip(*(route_polyline(net, r) for r in net.routes))
     routes = _path_table(list(polys), list(starts), net.routes)
     ped_polys, ped_starts = [], []
     for pr in net.ped_routes:
         parts = [net.ped_pieces[i].pts for i in pr]
-        lens = [float(arc_length(p)[-1]) for p in parts]
+        lens = [net.ped_pieces[i].length for i in pr]
         ped_polys.append(np.concatenate([parts[0]] + [p[1:] for p in parts[1:]]))
         ped_starts.append(np.concatenate([[0.0], np.cumsum(lens)[:-1]]))
     peds = _path_table(ped_polys, ped_starts, net.ped_routes, speed_caps=False)
@@ -224,5 +264,10 @@ def build_tables(net: Network, rng: np.random.Generator) -> Tables:
         signal = SignalPlan((float(rng.uniform(8, 20)), float(rng.uniform(8, 16))), float(rng.uniform(3.0, 4.0)),
                             float(rng.uniform(1.0, 2.0)), float(rng.uniform(0, 60)))
         cw_group[:] = [arm.group for arm in net.arms]
+    lead = _leader_table(routes, diverge)
+    n_pieces = len(net.ped_pieces)
+    ped_lead = _leader_table(peds, np.where(np.eye(n_pieces, dtype=bool), np.inf, -np.inf))[0]
+    conf = np.stack([conf_mask.astype(np.float64), conf_s0, conf_s1])
     return Tables(routes, peds, route_conn, route_conn_s, route_turn, route_ctrl, route_group, conf_mask, conf_s0,
-                  conf_s1, diverge, route_cw, route_cw_s0, route_cw_s1, piece_cw, cw_group, signal)
+                  conf_s1, diverge, route_cw, route_cw_s0, route_cw_s1, piece_cw, cw_group, signal, lead, ped_lead,
+                  conf)

@@ -42,7 +42,8 @@ def _signal_table(net: Network, tb: Tables) -> tuple[np.ndarray, np.ndarray, np.
     if tb.signal is None or len(lanes) == 0:
         return np.zeros(0, np.int64), np.zeros((NUM_STEPS, 0), np.int8), np.zeros((NUM_STEPS, 0), bool)
     groups = np.array([net.lanes[i].group for i in lanes])
-    light = np.stack([tb.signal.states(groups, (BURN_IN + t + 1) * DT) for t in range(NUM_STEPS)])
+    times = (BURN_IN + np.arange(NUM_STEPS) + 1) * DT  # the time each logged step ends
+    light = tb.signal.states(groups[None, :], times[:, None])
     lut = np.array([SignalState.STOP, SignalState.CAUTION, SignalState.GO], np.int8)
     return lanes, lut[light], light == 0
 
@@ -66,6 +67,8 @@ def _simulate(net: Network, tb: Tables, rng: np.random.Generator) -> tuple[Track
         else:
             peds.coast(tau - BURN_IN)
         pop.spawn()
+    veh.flush()
+    peds.flush()
     st = veh.st
     rows_v = np.flatnonzero(st.rec_valid[: st.n].any(1))
     rows_p = np.flatnonzero(peds.rec_valid[: peds.n].any(1))
