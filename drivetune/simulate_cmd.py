@@ -1,0 +1,177 @@
+"""`drivetune simulate --checkpoint CKPT --scenes FILE_OR_SHARDS --rollouts 32 --sampler warmk --out DIR`.
+
+Rolls closed-loop rollouts of a checkpoint on scenes and writes, under DIR:
+  - `rollouts/<scenario_id>.npz` in the realism CLI format (`object_id` [A], `x`/`y`/`z`/`heading` [R, A, 80]);
+  - `realism.json` (per-scene WOSAC metric fields + the mean) and the same table on stdout;
+  - with `--submission`, the official `SimAgentsChallengeSubmission` shards under `submission/`;
+  - with `--render`, one PNG per scene (all rollouts drawn) under `render/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from drivetune.samplers import SAMPLERS, SamplerConfig
+
+TABLE_FIELDS = (
+    ("metametric", "meta"),
+    ("kinematic_metrics", "kinem"),
+    ("interactive_metrics", "inter"),
+    ("map_based_metrics", "map"),
+    ("min_average_displacement_error", "minADE"),
+    ("simulated_collision_rate", "coll"),
+    ("simulated_offroad_rate", "offrd"),
+    ("simulated_traffic_light_violation_rate", "redlt"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint directory, or a training run directory (its latest checkpoints/step_*)")
+    parser.add_argument("--scenes", required=True, help="TFRecord file, directory, glob or Parquet shard directory")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (WOSAC: 32)")
+    parser.add_argument("--sampler", default="topk", choices=SAMPLERS)
+    parser.add_argument("--k", type=int, default=32, help="top-K size")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-K and Warm-K)")
+    parser.add_argument("--warm-lambda", type=float, default=1.0, help="Warm-K lambda (logits per metre)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (rollouts depend on scene id, index, seed)")
+    parser.add_argument("--sdc", default="policy", choices=("policy", "log"),
+                        help="SDC driven by the policy or replayed from the log")
+    parser.add_argument("--scenario-id", action="append", default=None, help="only these scenarios (repeatable)")
+    parser.add_argument("--max-scenes", type=int, default=None)
+    parser.add_argument("--batch-scenes", type=int, default=1, help="scenes simulated together in one batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--config", default="2025", choices=("2025", "2024"), help="realism metric config")
+    parser.add_argument("--submission", action="store_true", help="also write the official submission proto")
+    parser.add_argument("--shards", type=int, default=1, help="submission shards")
+    parser.add_argument("--render", action="store_true", help="draw each scene with its rollouts to PNG")
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint directory as given, or the latest `checkpoints/step_*` of a training run directory."""
+    p = Path(path)
+    if (p / "meta.json").is_file() or not (p / "checkpoints").is_dir():
+        return p
+    steps = sorted(d for d in (p / "checkpoints").glob("step_*") if (d / "meta.json").is_file())
+    return steps[-1] if steps else p
+
+
+def _scenes(args: argparse.Namespace):
+    from drivetune.sources import iter_scenes
+
+    wanted = set(args.scenario_id or [])
+    count = 0
+    for scene in iter_scenes(args.scenes):
+        if wanted and scene.scenario_id not in wanted:
+            continue
+        yield scene
+        count += 1
+        if args.max_scenes is not None and count >= args.max_scenes:
+            return
+
+
+def _batches(it, size: int):
+    batch = []
+    for item in it:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def format_table(rows: list[dict]) -> str:
+    """Realism table: one line per scene plus the mean."""
+    head = f"{'scenario':<18}" + "".join(f"{short:>8}" for _, short in TABLE_FIELDS)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['scenario_id']:<18}" + "".join(f"{r[k]:>8.4f}" for k, _ in TABLE_FIELDS))
+    if len(rows) > 1:
+        lines.append(f"{'mean':<18}" + "".join(f"{np.mean([r[k] for r in rows]):>8.4f}" for k, _ in TABLE_FIELDS))
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from drivetune.checkpoint import CheckpointError, load_checkpoint
+    from drivetune.closed_loop import simulate
+    from drivetune.realism import Rollouts, realism_metrics
+
+    sampler = SamplerConfig(kind=args.sampler, k=args.k, temperature=args.temperature, warm_lambda=args.warm_lambda)
+    try:
+        sampler.validate()
+        if args.rollouts < 1 or args.batch_scenes < 1:
+            raise ValueError(f"--rollouts and --batch-scenes must be >= 1 (got {args.rollouts}, {args.batch_scenes})")
+        if args.submission and args.rollouts != 32:
+            raise ValueError(f"an official submission needs 32 rollouts per scene, got --rollouts {args.rollouts}")
+        model, meta = load_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
+    except (ValueError, OSError, CheckpointError) as e:
+        print(f"drivetune simulate: error: {e}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    vocab = model.vocab.to_torch(args.device)
+    out = Path(args.out)
+    (out / "rollouts").mkdir(parents=True, exist_ok=True)
+    rows, items, sim_seconds = [], [], 0.0
+    progress = tqdm(desc="simulate", unit="scene", file=sys.stderr)
+    try:
+        for scenes in _batches(_scenes(args), args.batch_scenes):
+            t0 = time.perf_counter()
+            results = simulate(model, vocab, scenes, args.rollouts, sampler, base_seed=args.seed,
+                               policy_version=int(meta.get("step", 0)), sdc=args.sdc)
+            sim_seconds += time.perf_counter() - t0
+            for scene, res in zip(scenes, results):
+                ro = Rollouts(res.object_ids, res.x, res.y, res.z, res.heading)
+                ro.save(out / "rollouts" / f"{scene.scenario_id}.npz")
+                rows.append(realism_metrics(scene, ro, config=args.config, device=args.device)[0])
+                if args.submission:
+                    items.append((scene.scenario_id, ro))
+                if args.render:
+                    _render(scene, res, out / "render" / f"{scene.scenario_id}.png")
+            progress.update(len(scenes))
+    except (ValueError, OSError) as e:
+        print(f"drivetune simulate: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        progress.close()
+    if not rows:
+        print(f"drivetune simulate: error: no scenes matched in {args.scenes}", file=sys.stderr)
+        return 2
+    if args.submission:
+        from drivetune.realism.submission import write_submission
+
+        paths = write_submission(out / "submission", items, num_shards=args.shards,
+                                 metadata={"description": f"drivetune {args.sampler} rollouts of {args.checkpoint}"})
+        print(f"submission: {', '.join(str(p) for p in paths)}")
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "scenario_id"}
+    _write_json(out / "realism.json", {"checkpoint": str(args.checkpoint), "sampler": sampler.to_dict(),
+                                       "rollouts": args.rollouts, "seed": args.seed, "config": args.config,
+                                       "simulate_seconds": sim_seconds, "mean": summary, "scenes": rows})
+    print(f"{len(rows)} scenes x {args.rollouts} rollouts, sampler {sampler.to_dict()}, "
+          f"{sim_seconds:.1f} s simulating; realism ({args.config}):")
+    print(format_table(rows))
+    return 0
+
+
+def _render(scene, res, path: Path) -> None:
+    from drivetune.render import render_scene
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_scene(scene, path, rollouts=np.stack([res.x, res.y], -1))

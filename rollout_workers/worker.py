@@ -1,0 +1,141 @@
+"""`RolloutWorker`: a policy copy that turns scenes into `RolloutBatch`es (wrapped as a Ray actor by `RolloutPool`).
+
+Weights arrive as data (a `PackedState` or a dict of numpy arrays, usually resolved zero-copy from the object store)
+tagged with a policy version; `generate` refuses to run with a version other than the one the caller expects, so a
+worker restarted behind the pool's back never produces rollouts from stale weights.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from drivetune.checkpoint import CheckpointError, read_meta
+from drivetune.closed_loop import SceneRollouts, simulate
+from drivetune.config import from_dict, to_dict
+from drivetune.model import BehaviorModel, ModelConfig
+from drivetune.samplers import SamplerConfig
+from drivetune.scene import Scene
+from drivetune.tokenizer import MotionVocab
+from rollout_workers.batch import RolloutBatch
+from rollout_workers.rewards import group_rewards
+from rollout_workers.weights import PackedState
+
+
+class StaleWeightsError(RuntimeError):
+    """The worker does not hold the policy version the caller asked for (e.g. it was restarted)."""
+
+
+@dataclass
+class PolicySpec:
+    """Everything a worker needs to build its policy copy (the weights come separately, by `set_weights`)."""
+
+    model_config: dict
+    vocab: MotionVocab
+    device: str = "cpu"
+    rewards: bool = True  # compute drivetune.realism reward components per rollout and per group
+    reward_agents: str = "evaluated"  # "evaluated" (official scored agents) or "all" (every sim agent)
+    metric_config: str = "2025"
+
+    @classmethod
+    def from_model(cls, model: BehaviorModel, **kwargs: Any) -> "PolicySpec":
+        return cls(model_config=to_dict(model.cfg), vocab=model.vocab, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike, **kwargs: Any) -> "PolicySpec":
+        meta = read_meta(directory)
+        vocab = MotionVocab.load(os.path.join(directory, "vocab.safetensors"))
+        return cls(model_config=meta["model_config"], vocab=vocab, **kwargs)
+
+    def build(self) -> BehaviorModel:
+        cfg = from_dict(ModelConfig, dict(self.model_config), where="PolicySpec.model_config")
+        return BehaviorModel(cfg, self.vocab).to(self.device).eval()
+
+
+class RolloutWorker:
+    """Holds one policy copy on its device; `generate` rolls groups of closed-loop rollouts."""
+
+    def __init__(self, spec: PolicySpec) -> None:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        self.spec = spec
+        self.model = spec.build()
+        self.vocab = spec.vocab.to_torch(spec.device)
+        self.version = -1  # no weights yet
+
+    def set_weights(self, state: dict[str, np.ndarray] | PackedState, version: int) -> int:
+        """Load a numpy state dict or a `PackedState` (read-only object-store views are fine) as policy `version`.
+        On CPU the worker keeps views of the arrays (zero-copy): do not modify them afterwards."""
+        _load_views(self.model, state.arrays() if isinstance(state, PackedState) else state)
+        self.version = int(version)
+        return self.version
+
+    def get_version(self) -> int:
+        return self.version
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def generate(
+        self,
+        scenes: Sequence[Any],
+        group_size: int,
+        sampler: SamplerConfig,
+        seed: int,
+        expected_version: int | None = None,
+        **options: Any,
+    ) -> list[RolloutBatch]:
+        """One `RolloutBatch` per scene (scenes may be ObjectRefs). `options` go to `closed_loop.simulate`."""
+        if expected_version is not None and expected_version != self.version:
+            raise StaleWeightsError(f"worker {os.getpid()} holds policy version {self.version}, asked for "
+                                    f"{expected_version}")
+        if self.version < 0:
+            raise StaleWeightsError(f"worker {os.getpid()} has no weights yet (call set_weights first)")
+        resolved = [_resolve(s) for s in scenes]
+        outs = simulate(self.model, self.vocab, resolved, group_size, sampler, base_seed=seed,
+                        policy_version=self.version, **options)
+        return [self._batch(scene, out, sampler, seed) for scene, out in zip(resolved, outs)]
+
+    def _batch(self, scene: Scene, out: SceneRollouts, sampler: SamplerConfig, seed: int) -> RolloutBatch:
+        per_rollout, per_group = ({}, {})
+        if self.spec.rewards:
+            per_rollout, per_group = group_rewards(scene, out, self.spec.reward_agents, self.spec.metric_config,
+                                                   self.spec.device)
+        return RolloutBatch(
+            scenario_id=out.scenario_id, object_ids=out.object_ids, policy_version=self.version, base_seed=int(seed),
+            rollout_indices=out.rollout_indices, seeds=out.seeds, sampler=sampler.to_dict(), tokens=out.tokens,
+            logp=out.logp, sampler_logp=out.sampler_logp, token_mask=out.token_mask,
+            boundary_poses=out.boundary_poses, x=out.x, y=out.y, z=out.z, heading=out.heading,
+            rewards=per_rollout, group_rewards=per_group, topk=out.topk, sft_target=out.sft_target,
+        )
+
+
+def _load_views(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Point the model's parameters and buffers at the given arrays. On CPU this is zero-copy: the read-only
+    object-store views become the tensors' storage (a rollout worker only reads its weights; every worker of the
+    node shares one copy). On other devices each array is copied once. Raises CheckpointError naming missing,
+    unexpected or mis-shaped entries."""
+    state = model.state_dict(keep_vars=True)
+    missing, unexpected = sorted(set(state) - set(arrays)), sorted(set(arrays) - set(state))
+    bad = [k for k, v in state.items() if k in arrays and tuple(arrays[k].shape) != tuple(v.shape)]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"weights do not fit the policy: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                              f"mis-shaped {bad[:5]}")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for k, v in state.items():
+            src = torch.as_tensor(arrays[k])
+            if v.device.type == "cpu" and src.dtype == v.dtype:
+                v.data = src
+            else:
+                v.data.copy_(src)
+
+
+def _resolve(obj: Any) -> Scene:
+    import ray
+
+    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
