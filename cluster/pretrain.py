@@ -167,8 +167,10 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, runtime_env=env)
     else:
-        ray.init(address="local", _temp_dir=tempfile.mkdtemp(prefix="dt_ray_", dir="/tmp"), include_dashboard=False,
-                 runtime_env=env)
+        # The dashboard (loopback only) serves the State API that Ray Train's placement-group cleaner polls; without
+        # it that cleaner logs a warning every few seconds and cannot clean up.
+        ray.init(address="local", _temp_dir=tempfile.mkdtemp(prefix="dt_ray_", dir="/tmp"), include_dashboard=True,
+                 dashboard_host="127.0.0.1", runtime_env=env)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
