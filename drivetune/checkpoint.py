@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,6 +28,7 @@ from drivetune.tokenizer import MotionVocab
 
 FORMAT = "drivetune-checkpoint-v1"
 WEIGHTS, VOCAB, META = "model.safetensors", "vocab.safetensors", "meta.json"
+STEP_DIR = re.compile(r"^step_(\d{8})$")  # RUN/checkpoints/step_00000100: a training run's numbered checkpoints
 
 
 class CheckpointError(ValueError):
@@ -126,6 +128,34 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         raise CheckpointError(f"{directory / WEIGHTS}: unreadable weights ({e})") from e
     load_numpy_state_dict(model, arrays)
     return model.to(device).eval(), meta
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints (readable metadata) of a training run directory, ascending."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = STEP_DIR.match(path.name)
+        if match:
+            try:
+                read_meta(path)
+            except CheckpointError:
+                continue
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory as given, or the latest complete checkpoint of a training run directory."""
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    found = run_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{path}: neither a checkpoint (no {META}) nor a run directory with checkpoints")
+    return found[-1][1]
 
 
 def _json_default(value: Any) -> Any:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from drivetune.atomic import atomic_path
 from drivetune.scene import (HEADING, LENGTH, RED_SIGNAL_STATES, WIDTH, X, Y, AgentType, MapFeatureType,
                              RoadLineType, Scene, SignalState)
 
@@ -161,17 +161,11 @@ def render_scene(scene: Scene, out_path: str | os.PathLike, rollouts: np.ndarray
                  f"{int(scene.sim_agent_mask().sum())} sim agents", fontsize=10)
     fig.tight_layout()
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a picture is meant to be shared
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out
 
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drivetune.scene import STATE_FIELDS, Scene
-from drivetune.tfrecord import atomic_write_bytes
+from drivetune.atomic import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 VERSION_KEY = b"drivetune.schema_version"

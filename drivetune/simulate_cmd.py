@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drivetune.atomic import atomic_write_bytes
 from drivetune.samplers import SAMPLERS, SamplerConfig
 
 TABLE_FIELDS = (
@@ -53,15 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--submission", action="store_true", help="also write the official submission proto")
     parser.add_argument("--shards", type=int, default=1, help="submission shards")
     parser.add_argument("--render", action="store_true", help="draw each scene with its rollouts to PNG")
-
-
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint directory as given, or the latest `checkpoints/step_*` of a training run directory."""
-    p = Path(path)
-    if (p / "meta.json").is_file() or not (p / "checkpoints").is_dir():
-        return p
-    steps = sorted(d for d in (p / "checkpoints").glob("step_*") if (d / "meta.json").is_file())
-    return steps[-1] if steps else p
 
 
 def _scenes(args: argparse.Namespace):
@@ -101,16 +93,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, [json.dumps(payload, indent=2).encode()])
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from drivetune.checkpoint import CheckpointError, load_checkpoint
+    from drivetune.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
     from drivetune.closed_loop import simulate
     from drivetune.realism import Rollouts, realism_metrics
 

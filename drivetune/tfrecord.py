@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import google_crc32c
+
+from drivetune.atomic import atomic_write_bytes
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")  # length, masked crc of length
@@ -115,31 +116,6 @@ def read_record_at(path: str | os.PathLike, offset: int) -> bytes:
     if payload is None:
         raise TFRecordError(path, offset, "no record here (offset at or past end of file)")
     return payload
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes]) -> int:
-    """Write chunks to a temp file beside `path`, fsync, then rename over it. Returns bytes written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    written = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-                written += len(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return written
 
 
 def write_records(path: str | os.PathLike, payloads: Iterable[bytes]) -> int:

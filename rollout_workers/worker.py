@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from drivetune.checkpoint import CheckpointError, read_meta
+from drivetune.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 from drivetune.closed_loop import SceneRollouts, simulate
 from drivetune.config import from_dict, to_dict
 from drivetune.model import BehaviorModel, ModelConfig
@@ -48,8 +48,9 @@ class PolicySpec:
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, **kwargs: Any) -> "PolicySpec":
+        directory = resolve_checkpoint(directory)  # a run directory means its latest checkpoint
         meta = read_meta(directory)
-        vocab = MotionVocab.load(os.path.join(directory, "vocab.safetensors"))
+        vocab = MotionVocab.load(directory / "vocab.safetensors")
         return cls(model_config=meta["model_config"], vocab=vocab, **kwargs)
 
     def build(self) -> BehaviorModel:

@@ -48,7 +48,7 @@ def real_vocab(real_scenes):
 def synth_scenes():
     from drivetune.synth.world import generate_scene
 
-    return [generate_scene(seed) for seed in range(16)]
+    return [generate_scene(seed) for seed in range(32)]
 
 
 def _all_errors(scenes, vocab):
@@ -94,9 +94,10 @@ def test_rolling_matching_does_not_accumulate(real_scenes, real_vocab):
 
 
 def test_synthetic_reconstruction_bound(synth_scenes):
-    vocab = build_vocab(synth_scenes[:12], SMALL)
-    inside = report(vocab, synth_scenes[:12])
-    held = report(vocab, synth_scenes[12:])
+    # 24 build scenes: with fewer, rare cyclist motions are not covered and held-out error is dominated by that
+    vocab = build_vocab(synth_scenes[:24], SMALL)
+    inside = report(vocab, synth_scenes[:24])
+    held = report(vocab, synth_scenes[24:])
     assert inside["vehicle"]["boundaries"] > 1000 and held["vehicle"]["boundaries"] > 200
     for name, s in inside.items():
         assert s["pos_mean_m"] < 0.08 and s["pos10hz_mean_m"] < 0.08, name

@@ -10,19 +10,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from drivetune.checkpoint import CheckpointError, read_meta, save_checkpoint
+from drivetune.checkpoint import CheckpointError, run_checkpoints, save_checkpoint
 from drivetune.model import BehaviorModel
-from drivetune.tfrecord import atomic_write_bytes
+from drivetune.atomic import atomic_write_bytes
 
 TRAINER_STATE = "trainer_state.pt"
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 class RunDirectory:
@@ -37,19 +35,8 @@ class RunDirectory:
         return self.checkpoint_root / f"step_{step:08d}"
 
     def checkpoints(self) -> list[tuple[int, Path]]:
-        """(step, path) of complete checkpoints (with readable metadata), ascending by step."""
-        if not self.checkpoint_root.is_dir():
-            return []
-        found = []
-        for path in self.checkpoint_root.iterdir():
-            m = _STEP_DIR.match(path.name)
-            if m and (path / TRAINER_STATE).is_file():
-                try:
-                    read_meta(path)
-                except CheckpointError:
-                    continue
-                found.append((int(m.group(1)), path))
-        return sorted(found)
+        """(step, path) of complete checkpoints (readable metadata and trainer state), ascending by step."""
+        return [(step, path) for step, path in run_checkpoints(self.root) if (path / TRAINER_STATE).is_file()]
 
     def latest(self) -> Path | None:
         found = self.checkpoints()

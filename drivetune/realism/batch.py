@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from drivetune.atomic import atomic_path
 from drivetune.scene import HEADING, HEIGHT, LENGTH, NUM_FUTURE_STEPS, WIDTH, X, Y, Z, AgentType, Scene
 
 ROLLOUT_FIELDS = ("x", "y", "z", "heading")
@@ -56,10 +57,8 @@ class Rollouts:
 
     def save(self, path: str | Path) -> None:
         """Atomic npz write."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, object_id=self.object_id, **{k: getattr(self, k) for k in ROLLOUT_FIELDS})
-        tmp.replace(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, object_id=self.object_id, **{k: getattr(self, k) for k in ROLLOUT_FIELDS})
 
     def validate(self, scene: Scene, where: str = "rollouts") -> np.ndarray:
         """Check against the scene's sim agents; return the track index of each rollout agent."""

@@ -19,7 +19,7 @@ from waymo_open_dataset.protos import sim_agents_submission_pb2 as sub_pb2
 
 from drivetune.realism.batch import ROLLOUT_FIELDS, RolloutError, Rollouts
 from drivetune.scene import NUM_FUTURE_STEPS, Scene
-from drivetune.tfrecord import atomic_write_bytes
+from drivetune.atomic import atomic_write_bytes
 
 NUM_ROLLOUTS = 32
 _PROTO_FIELDS = ("center_x", "center_y", "center_z", "heading")

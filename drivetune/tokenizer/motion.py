@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from drivetune.atomic import atomic_path
 from drivetune.tokenizer.layout import NUM_AGENT_TYPES, TOKEN_STEPS, TYPE_BOXES, TYPE_NAMES, box_corners, compose
 from drivetune.tokenizer.layout import relative
 
@@ -83,14 +82,8 @@ class MotionVocab:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "hash": self.hash, "info": json.dumps(self.info, sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(self.arrays(), tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_file(self.arrays(), str(tmp), metadata=meta)
         return path
 
     @classmethod
