@@ -7,6 +7,7 @@ Traffic signals are dense over (step, signalled lane). Enum values are the WOMD 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from enum import IntEnum
 
@@ -20,6 +21,11 @@ STEP_SECONDS = 0.1
 # Columns of `Scene.states` (the `valid` flag lives in `Scene.valid`).
 STATE_FIELDS = ("x", "y", "z", "length", "width", "height", "heading", "vx", "vy")
 X, Y, Z, LENGTH, WIDTH, HEIGHT, HEADING, VX, VY = range(len(STATE_FIELDS))
+
+
+def wrap_angle(a):
+    """Angles wrapped to [-pi, pi) (floor modulo); works on floats, numpy arrays and torch tensors alike."""
+    return (a + math.pi) % (2 * math.pi) - math.pi
 
 
 class AgentType(IntEnum):

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from drivetune.realism.batch import Batch
 from drivetune.realism.geometry import box_signed_distance, corner_list, polygon_signed_distance, to_local
+from drivetune.scene import wrap_angle
 
 STEP = 0.1
 FAR = 1e10
@@ -32,11 +33,6 @@ def central_diff(v: Tensor) -> Tensor:
 def central_and(v: Tensor) -> Tensor:
     pad = torch.zeros_like(v[..., :1])
     return torch.cat((pad, v[..., 2:] & v[..., :-2], pad), dim=-1)
-
-
-def wrap_angle(a: Tensor) -> Tensor:
-    """Into [-pi, pi) (floor modulo)."""
-    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
 def kinematics(traj: Tensor) -> dict[str, Tensor]:

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from drivetune.scene import RoadEdgeType, RoadLineType
+from drivetune.scene import RoadEdgeType, RoadLineType, wrap_angle
 from drivetune.synth.geometry import arc_length, resample, rot90, segment, smooth_connector, unit
 
 SIDEWALK = 2.0  # sidewalk centre beyond the curb, m
@@ -115,10 +115,6 @@ class Network:
         return z0 + gx * xy[..., 0] + gy * xy[..., 1] + amp * np.sin(2 * np.pi * along / wl)
 
 
-def _wrap(a: float) -> float:
-    return (a + np.pi) % (2 * np.pi) - np.pi
-
-
 def _corner(arms: list[Arm], k: int, j: int, rng: np.random.Generator) -> Corner:
     ak, aj = arms[k], arms[j]
     alpha = (aj.angle - ak.angle) % (2 * np.pi)
@@ -213,7 +209,7 @@ def _intersection(rng: np.random.Generator, kind: str) -> Network:
         for j, aj in enumerate(arms):
             if j == k:
                 continue
-            delta = _wrap(aj.angle - (ak.angle + np.pi))
+            delta = wrap_angle(aj.angle - (ak.angle + np.pi))
             turn = "S" if abs(delta) < np.radians(35) else ("L" if delta > 0 else "R")
             if turn == "S":
                 pairs_ij = [(i, i) for i in range(min(ak.n_in, aj.n_out))]

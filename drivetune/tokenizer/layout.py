@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
-from drivetune.scene import NUM_STEPS, AgentType
+from drivetune.scene import NUM_STEPS, AgentType, wrap_angle
 
 TOKEN_STEPS = 5  # steps per token (0.5 s at 10 Hz)
 NUM_BOUNDARIES = (NUM_STEPS - 1) // TOKEN_STEPS + 1  # 19 boundaries: steps 0, 5, ..., 90
@@ -32,11 +31,6 @@ def type_index(track_types: np.ndarray) -> np.ndarray:
     if t.size and (t.min() < 0 or t.max() >= len(_TYPE_LOOKUP)):
         raise ValueError(f"unknown agent type values {sorted(set(t[(t < 0) | (t >= len(_TYPE_LOOKUP))].tolist()))}")
     return _TYPE_LOOKUP[t]
-
-
-def wrap_angle(a: torch.Tensor) -> torch.Tensor:
-    """Angles wrapped to [-pi, pi)."""
-    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
 def compose(frame: torch.Tensor, local: torch.Tensor) -> torch.Tensor:

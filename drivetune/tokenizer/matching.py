@@ -3,23 +3,18 @@ backward extrapolation to the previous token boundary) and `tokenize_scene`."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from drivetune.scene import HEADING, STEP_SECONDS, VX, VY, X, Y, Scene
+from drivetune.scene import HEADING, STEP_SECONDS, VX, VY, X, Y, Scene, wrap_angle
 from drivetune.tokenizer.layout import NUM_AGENT_TYPES, NUM_BOUNDARIES, NUM_TOKENS, TOKEN_STEPS, TYPE_NAMES
 from drivetune.tokenizer.layout import type_index
 from drivetune.tokenizer.motion import MotionVocab, TorchVocab, nearest_tokens, token_end_poses, token_step_poses
 
 HEADING_FLIP_RAD = 1.5  # a step-to-step heading change above this is a sensor flip, not motion
 MAX_GAP_STEPS = 2 * TOKEN_STEPS  # interior invalid gaps up to this long are interpolated at boundaries
-
-
-def _wrap(a: np.ndarray) -> np.ndarray:
-    return np.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
 def clean_headings(heading: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -31,7 +26,7 @@ def clean_headings(heading: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for t in range(out.shape[1]):
         v = valid[:, t]
         recent = v & (t - last_seen <= TOKEN_STEPS)
-        flip = recent & (np.abs(_wrap(out[:, t] - prev)) > HEADING_FLIP_RAD)
+        flip = recent & (np.abs(wrap_angle(out[:, t] - prev)) > HEADING_FLIP_RAD)
         out[flip, t] = prev[flip]
         prev = np.where(v, out[:, t], prev)
         last_seen = np.where(v, t, last_seen)
@@ -63,11 +58,11 @@ def boundary_poses(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         pc, nc = np.clip(p, 0, T - 1), np.clip(n, 0, T - 1)
         w = np.where(gap, (s - pc) / np.maximum(nc - pc, 1), 0.0)
         xy = (1 - w)[:, None] * st[rows, pc][:, [X, Y]] + w[:, None] * st[rows, nc][:, [X, Y]]
-        h = head[rows, pc] + w * _wrap(head[rows, nc] - head[rows, pc])
+        h = head[rows, pc] + w * wrap_angle(head[rows, nc] - head[rows, pc])
         back = (s - nc) * STEP_SECONDS  # negative: seconds before the first valid step
         xy_back = st[rows, nc][:, [X, Y]] + back[:, None] * st[rows, nc][:, [VX, VY]]
         poses[:, b, :2] = np.where(direct[:, None], st[:, s, [X, Y]], np.where(before[:, None], xy_back, xy))
-        poses[:, b, 2] = _wrap(np.where(direct, head[:, s], np.where(before, head[rows, nc], h)))
+        poses[:, b, 2] = wrap_angle(np.where(direct, head[:, s], np.where(before, head[rows, nc], h)))
         avail[:, b] = direct | gap | before
     return poses, avail
 
@@ -124,7 +119,7 @@ def reconstruction_errors(scene: Scene, tokens: AgentTokens, vocab: MotionVocab 
     chained = np.zeros_like(tokens.pose_valid)
     chained[:, 1:] = tokens.token_valid
     pos = np.linalg.norm(tokens.poses[..., :2] - tokens.logged_poses[..., :2], axis=-1)
-    head = np.abs(_wrap(tokens.poses[..., 2] - tokens.logged_poses[..., 2]))
+    head = np.abs(wrap_angle(tokens.poses[..., 2] - tokens.logged_poses[..., 2]))
     origin = np.zeros(3)
     if tokens.pose_valid.any():
         origin[:2] = tokens.poses[tokens.pose_valid][:, :2].mean(axis=0)
