@@ -11,6 +11,7 @@ from pathlib import Path
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+_TEMP_MARK = ".tmp"  # temp files are named `.{target name}.{random}.tmp{target suffix}`
 
 
 @contextmanager
@@ -19,7 +20,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     on success it is fsynced and renamed over `path` with the usual permissions, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_MARK + path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -30,6 +31,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(directory: str | os.PathLike, target_glob: str = "*") -> int:
+    """Delete temp files that an interrupted `atomic_path` left in `directory` for targets matching `target_glob`.
+    Returns how many were removed. Only for directories no other writer is using at the same time."""
+    removed = 0
+    for leftover in Path(directory).glob(f".{target_glob}.*{_TEMP_MARK}*"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes]) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from drivetune.atomic import remove_stale_temps
 from drivetune.shards import file_sha256, read_manifest, shard_name, write_manifest, write_shard
 from drivetune.sources import expand_tfrecords
 from drivetune.tfrecord import TFRecordError, read_record_at, scan_records
@@ -135,8 +136,7 @@ def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, wor
             todo.append(plan)
     for stale in set(old) - {p.name for p in plans}:
         (out_dir / stale).unlink(missing_ok=True)
-    for leftover in out_dir.glob(".shard-*.tmp"):  # temp files of an interrupted run
-        leftover.unlink(missing_ok=True)
+    remove_stale_temps(out_dir)  # shards and manifest half-written by an interrupted run
     write_manifest(out_dir, entries)
 
     if todo:

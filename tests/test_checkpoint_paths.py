@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from model_helpers import grid_vocab  # noqa: E402
 
-from drivetune.atomic import atomic_path, atomic_write_bytes
+from drivetune.atomic import atomic_path, atomic_write_bytes, remove_stale_temps
 from drivetune.checkpoint import CheckpointError, resolve_checkpoint, run_checkpoints, save_checkpoint
 from drivetune.model import BehaviorModel, ModelConfig
 
@@ -39,6 +39,15 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
             raise ValueError("writer failed")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
+
+
+def test_stale_temps_of_an_interrupted_write_are_found_and_removed(tmp_path):
+    (tmp_path / "shard-00000.parquet").write_bytes(b"done")
+    (tmp_path / "notes.tmp").write_bytes(b"not ours")
+    interrupted = atomic_path(tmp_path / "shard-00001.parquet")  # a writer killed before it could finish
+    interrupted.__enter__().write_bytes(b"half")
+    assert remove_stale_temps(tmp_path, "shard-*") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "shard-00000.parquet"]
 
 
 def test_run_directory_resolves_to_its_latest_complete_checkpoint(tmp_path):
