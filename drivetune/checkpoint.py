@@ -40,17 +40,21 @@ def state_dict_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().contiguous().numpy().copy() for k, v in model.state_dict().items()}
 
 
+def check_state_dict(state: Mapping[str, torch.Tensor], arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise CheckpointError naming the missing, unexpected and mis-shaped entries of `arrays` against `state`."""
+    missing, unexpected = sorted(set(state) - set(arrays)), sorted(set(arrays) - set(state))
+    bad = [f"{k}: {tuple(arrays[k].shape)} != {tuple(v.shape)}" for k, v in state.items()
+           if k in arrays and tuple(arrays[k].shape) != tuple(v.shape)]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                              f"mis-shaped {bad[:5]}")
+
+
 def load_numpy_state_dict(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     """Copy numpy arrays (possibly read-only views from the object store) into the model's tensors, in place.
     Raises CheckpointError naming missing, unexpected or mis-shaped entries."""
     state = model.state_dict()
-    missing, unexpected = sorted(set(state) - set(arrays)), sorted(set(arrays) - set(state))
-    if missing or unexpected:
-        raise CheckpointError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    bad = [f"{k}: {tuple(arrays[k].shape)} != {tuple(v.shape)}" for k, v in state.items()
-           if tuple(arrays[k].shape) != tuple(v.shape)]
-    if bad:
-        raise CheckpointError(f"state dict shape mismatch: {bad[:5]}")
+    check_state_dict(state, arrays)
     with torch.no_grad():
         for k, v in state.items():
             v.copy_(torch.from_numpy(np.array(arrays[k], copy=True)))

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from drivetune.checkpoint import CheckpointError, read_meta, resolve_checkpoint
+from drivetune.checkpoint import check_state_dict, read_meta, resolve_checkpoint
 from drivetune.closed_loop import SceneRollouts, simulate
 from drivetune.config import from_dict, to_dict
 from drivetune.model import BehaviorModel, ModelConfig
@@ -121,11 +121,7 @@ def _load_views(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
     node shares one copy). On other devices each array is copied once. Raises CheckpointError naming missing,
     unexpected or mis-shaped entries."""
     state = model.state_dict(keep_vars=True)
-    missing, unexpected = sorted(set(state) - set(arrays)), sorted(set(arrays) - set(state))
-    bad = [k for k, v in state.items() if k in arrays and tuple(arrays[k].shape) != tuple(v.shape)]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"weights do not fit the policy: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                              f"mis-shaped {bad[:5]}")
+    check_state_dict(state, arrays)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for k, v in state.items():
