@@ -80,22 +80,18 @@ def box_signed_distance(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> Tensor:
 
     Positive: the Euclidean gap; negative: minus the penetration depth (separating-axis margins).
     """
-    ax, ay, ah, al, aw = a
-    bx, by, bh, bl, bw = b
     gap2 = sep = None
-    for (cx, cy), (fx, fy, fh), (hl, hw) in (
-        *((c, (ax, ay, ah), (al, aw)) for c in corner_list(bx, by, bh, bl, bw)),
-        *((c, (bx, by, bh), (bl, bw)) for c in corner_list(ax, ay, ah, al, aw)),
-    ):
-        u, v = to_local(cx - fx, cy - fy, fh)  # a corner of one box in the frame of the other
-        g = (u.abs() - hl).clamp_min(0) ** 2 + (v.abs() - hw).clamp_min(0) ** 2
-        gap2 = g if gap2 is None else torch.minimum(gap2, g)
-    # separating margins along the face normals: min over the other box's corners of the signed offset
-    for (fx, fy, fh, hl, hw), other in (((ax, ay, ah, al, aw), corner_list(bx, by, bh, bl, bw)),
-                                         ((bx, by, bh, bl, bw), corner_list(ax, ay, ah, al, aw))):
-        uv = [to_local(cx - fx, cy - fy, fh) for cx, cy in other]
-        u = [p[0] for p in uv]
-        v = [p[1] for p in uv]
+    for (fx, fy, fh, hl, hw), other in ((a, b), (b, a)):
+        # the other box's corners in this box's frame: gap per corner, and separating margins along the face normals
+        c, s = torch.cos(fh), torch.sin(fh)
+        u, v = [], []
+        for cx, cy in corner_list(*other):
+            dx, dy = cx - fx, cy - fy
+            u.append(c * dx + s * dy)
+            v.append(-s * dx + c * dy)
+        for ui, vi in zip(u, v):
+            g = (ui.abs() - hl).clamp_min(0) ** 2 + (vi.abs() - hw).clamp_min(0) ** 2
+            gap2 = g if gap2 is None else torch.minimum(gap2, g)
         umin, umax = _reduce(torch.minimum, u), _reduce(torch.maximum, u)
         vmin, vmax = _reduce(torch.minimum, v), _reduce(torch.maximum, v)
         m = torch.maximum(torch.maximum(umin - hl, -umax - hl), torch.maximum(vmin - hw, -vmax - hw))
