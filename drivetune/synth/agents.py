@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-VEHICLE, PEDESTRIAN, CYCLIST = 1, 2, 3
-
-
 def _clip(x: float, lo: float, hi: float) -> float:
     return min(max(float(x), lo), hi)
 

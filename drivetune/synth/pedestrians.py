@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from drivetune.scene import STEP_SECONDS
+
 from drivetune.synth.tables import Tables
 
-DT = 0.1
 INF = 1e9
 
 
@@ -96,9 +97,10 @@ class PedSim:
             gap = np.where(hold, np.minimum(gap, c.wait_start - s - 0.3), gap)
         v_safe = np.sqrt(np.maximum(2 * 1.5 * np.maximum(gap - 0.3 - 0.1 * v, 0), 0))  # 2 steps to the next decision
         v_target = np.minimum(c.v0, v_safe)
-        v_new = np.minimum(np.maximum(v_target, v - 2.4 * DT), v + 1.6 * DT)  # 1.2 / 0.8 m/s^2 over two steps
+        # at most 1.2 m/s^2 slower / 0.8 m/s^2 faster, reached over two steps
+        v_new = np.minimum(np.maximum(v_target, v - 2.4 * STEP_SECONDS), v + 1.6 * STEP_SECONDS)
         v_new = np.maximum(v_new, 0.0)
-        s_new = s + 0.5 * (v + v_new) * DT
+        s_new = s + 0.5 * (v + v_new) * STEP_SECONDS
         self.s[idx] = s_new
         self.v[idx] = v_new
         self._log_and_leave(s_new, v_new, record)
@@ -107,7 +109,7 @@ class PedSim:
         """A step between decisions: keep speed (pedestrians decide at 5 Hz)."""
         idx = self._active().idx
         v = self.v[idx]
-        s_new = self.s[idx] + v * DT
+        s_new = self.s[idx] + v * STEP_SECONDS
         self.s[idx] = s_new
         self._log_and_leave(s_new, v, record)
 

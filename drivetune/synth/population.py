@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivetune.synth.agents import CYCLIST, VEHICLE, cyclist_size, pedestrian_size, style_params, vehicle_size
+from drivetune.scene import AgentType
+from drivetune.synth.agents import cyclist_size, pedestrian_size, style_params, vehicle_size
 from drivetune.synth.pedestrians import PedSim
 from drivetune.synth.roads import Network
 from drivetune.synth.tables import Tables
@@ -78,10 +79,10 @@ class Populator:
         if allow_cyclist and turn != 2 and _is_rightmost(net, first) and rng.random() < self.cyclist_share:
             size = cyclist_size(rng)
             d = -(_lane_width(net, first) / 2 - 0.6)
-            i = self.veh.add(route, s, 0.0, size, CYCLIST, params, style, d)
+            i = self.veh.add(route, s, 0.0, size, AgentType.CYCLIST, params, style, d)
         else:
             size = vehicle_size(rng, allow_large=turn == 0)
-            i = self.veh.add(route, s, 0.0, size, VEHICLE, params, style)
+            i = self.veh.add(route, s, 0.0, size, AgentType.VEHICLE, params, style)
         if i >= 0:
             st = self.veh.st
             st.v[i] = st.v0[i] * rng.uniform(0.7, 1.0) if v is None else min(v, st.v0[i])
@@ -96,7 +97,7 @@ class Populator:
         s = float(rng.uniform(3.0, 12.0))
         style = float(rng.uniform(0.3, 0.6))
         params = style_params(style, rng)
-        i = self.veh.add(r, s, 0.0, vehicle_size(rng, allow_large=False), VEHICLE, params, style)
+        i = self.veh.add(r, s, 0.0, vehicle_size(rng, allow_large=False), AgentType.VEHICLE, params, style)
         st = self.veh.st
         st.v0[i] = min(st.v0[i], (self.tb.routes.length[r] - s - 15.0) / 14.0)
         st.v[i] = st.v0[i] * 0.8

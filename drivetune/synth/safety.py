@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from drivetune.scene import STEP_SECONDS, wrap_angle
+
 from drivetune.synth.geometry import box_corners, boxes_overlap
 from drivetune.synth.roads import Network
 
 MAX_ACCEL = 8.0  # m/s^2, |d speed / dt| from logged positions
 MAX_YAW_RATE = 1.5  # rad/s for vehicles and cyclists
-DT = 0.1
 
 
 def on_road(net: Network, pts: np.ndarray) -> np.ndarray:
@@ -92,12 +93,12 @@ def overlap_pairs(xy: np.ndarray, heading: np.ndarray, length: np.ndarray, width
 def kinematic_violations(xy: np.ndarray, heading: np.ndarray, valid: np.ndarray, check_yaw: np.ndarray) -> np.ndarray:
     """bool [A]: |acceleration| > MAX_ACCEL, or |yaw rate| > MAX_YAW_RATE where check_yaw, over consecutive valid steps."""
     both = valid[:, 1:] & valid[:, :-1]
-    speed = np.linalg.norm(np.diff(xy, axis=1), axis=-1) / DT
-    acc = np.diff(speed, axis=1) / DT
+    speed = np.linalg.norm(np.diff(xy, axis=1), axis=-1) / STEP_SECONDS
+    acc = np.diff(speed, axis=1) / STEP_SECONDS
     acc_ok = both[:, 1:] & both[:, :-1]
     bad = (np.abs(acc) > MAX_ACCEL) & acc_ok
-    dh = (np.diff(heading, axis=1) + np.pi) % (2 * np.pi) - np.pi
-    bad_yaw = (np.abs(dh) / DT > MAX_YAW_RATE) & both & check_yaw[:, None]
+    dh = wrap_angle(np.diff(heading, axis=1))
+    bad_yaw = (np.abs(dh) / STEP_SECONDS > MAX_YAW_RATE) & both & check_yaw[:, None]
     return bad.any(1) | bad_yaw.any(1)
 
 

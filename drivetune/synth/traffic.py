@@ -16,11 +16,10 @@ import math
 
 import numpy as np
 
-from drivetune.synth.agents import VEHICLE
+from drivetune.scene import STEP_SECONDS, AgentType
 from drivetune.synth.tables import DS, Tables
 from drivetune.synth.vehicle_state import ROW, ActiveVehicles, VehicleState
 
-DT = 0.1
 MAX_BRAKE = 6.0
 INF = 1e9
 
@@ -39,7 +38,7 @@ class VehicleSim:
         # per-route attributes: floats (stop line, length) and ints (control, turn, signal group, connector)
         self._route_f = np.stack([tables.route_conn_s, self.rt.length])
         self._route_i = np.stack([tables.route_ctrl, tables.route_turn, tables.route_group, tables.route_conn])
-        self._conf_end = float(tables.conf_s1.max(initial=0.0))
+        self._conf_end = float(tables.conf[2].max(initial=0.0))
         self._has_cw = bool((tables.route_cw >= 0).any())
         self._act: ActiveVehicles | None = None  # cached until an agent enters, leaves or changes lanes
         self._lc_end = 1.0  # latest end of any lane change (lc_t0 + lc_dur: 0 + 1 until the first change)
@@ -62,12 +61,12 @@ class VehicleSim:
         st.length[i], st.width[i], st.height[i] = size
         st.kind[i], st.d_base[i], st.style[i] = kind, d_base, style
         lim = self._speed_limit[route]
-        st.v0[i] = lim * params["speed_factor"] if kind == VEHICLE else params["speed_factor"] * 5.5
+        st.v0[i] = lim * params["speed_factor"] if kind == AgentType.VEHICLE else params["speed_factor"] * 5.5
         st.headway[i], st.accel[i], st.decel[i] = params["headway"], params["accel"], params["decel"]
         st.min_gap[i], st.gap_accept[i] = params["min_gap"], params["gap_accept"]
         st.yellow_thr[i], st.stop_wait[i] = params["yellow_go"], params["stop_wait"]
         st.lat_scale[i] = math.sqrt(params["lat_accel"] / 2.5)
-        st.lc_rate[i] = params["lane_change_rate"] if kind == VEHICLE else 0.0
+        st.lc_rate[i] = params["lane_change_rate"] if kind == AgentType.VEHICLE else 0.0
         st.lc_dur[i] = 1.0
         st.ghost_route[i] = -1
         return i
@@ -233,8 +232,8 @@ class VehicleSim:
         acc = a * (1 - (v / v0) ** 4 - inter)
         acc = np.where((gaps <= 0).any(0), -MAX_BRAKE, acc)
         acc = np.minimum(np.maximum(acc, -MAX_BRAKE), a)
-        v_new = np.maximum(v + acc * DT, 0.0)
-        s_new = s + 0.5 * (v + v_new) * DT
+        v_new = np.maximum(v + acc * STEP_SECONDS, 0.0)
+        s_new = s + 0.5 * (v + v_new) * STEP_SECONDS
         st.s[idx] = s_new
         st.v[idx] = v_new
         close = gap_l < 8.0
@@ -247,7 +246,7 @@ class VehicleSim:
             route_len = self.rt.length[r]
             self._act = None
         if record >= 0:
-            self._record(idx, r, s_new, v_new, time + DT, record)
+            self._record(idx, r, s_new, v_new, time + STEP_SECONDS, record)
         # leave the map at the end of the route
         gone = s_new >= route_len - 0.25
         if np.count_nonzero(gone):
@@ -306,8 +305,8 @@ class VehicleSim:
         v0, t0, dur, rate = st.f[[ROW["v0"], ROW["lc_t0"], ROW["lc_dur"], ROW["lc_rate"]]][:, idx]
         busy = time < t0 + dur + 2.0
         slow_leader = (gap_l < 35) & (v_l < v0 - 3.0)
-        want = (st.kind[idx] == VEHICLE) & ~busy & (v > 6.0) & (
-            rng.random(len(idx)) < 5 * DT * (rate + 0.25 * slow_leader))  # checked every 5th step
+        want = (st.kind[idx] == AgentType.VEHICLE) & ~busy & (v > 6.0) & (
+            rng.random(len(idx)) < 5 * STEP_SECONDS * (rate + 0.25 * slow_leader))  # checked every 5th step
         want &= (s < c.cs - 35.0) | (s > c.cs + 30.0 + self._conf_end)
         changed = False
         for m in np.flatnonzero(want):

@@ -6,15 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivetune.scene import (CURRENT_TIME_INDEX, NUM_STEPS, STEP_SECONDS, LaneType, MapFeatureType, Scene,
-                             SignalState)
+from drivetune.scene import (CURRENT_TIME_INDEX, NUM_STEPS, STEP_SECONDS, AgentType, LaneType, MapFeatureType, Scene,
+                             SignalState, wrap_angle)
 from drivetune.synth import safety
-from drivetune.synth.agents import CYCLIST, PEDESTRIAN, VEHICLE
 from drivetune.synth.pedestrians import PedSim
 from drivetune.synth.population import Populator, lane_change_targets
 from drivetune.synth.roads import Network, build_network
 from drivetune.synth.tables import MPH, Tables, build_tables
-from drivetune.synth.traffic import DT, VehicleSim
+from drivetune.synth.traffic import VehicleSim
 
 BURN_IN = 20  # unlogged warm-up steps so queues and gaps settle
 
@@ -42,7 +41,7 @@ def _signal_table(net: Network, tb: Tables) -> tuple[np.ndarray, np.ndarray, np.
     if tb.signal is None or len(lanes) == 0:
         return np.zeros(0, np.int64), np.zeros((NUM_STEPS, 0), np.int8), np.zeros((NUM_STEPS, 0), bool)
     groups = np.array([net.lanes[i].group for i in lanes])
-    times = (BURN_IN + np.arange(NUM_STEPS) + 1) * DT  # the time each logged step ends
+    times = (BURN_IN + np.arange(NUM_STEPS) + 1) * STEP_SECONDS  # the time each logged step ends
     light = tb.signal.states(groups[None, :], times[:, None])
     lut = np.array([SignalState.STOP, SignalState.CAUTION, SignalState.GO], np.int8)
     return lanes, lut[light], light == 0
@@ -61,9 +60,9 @@ def _simulate(net: Network, tb: Tables, rng: np.random.Generator) -> tuple[Track
         if tau % 2 == 0:  # pedestrians decide at 5 Hz and move at 10 Hz
             busy, waiting = peds.prepare(n_cw)
             threat = veh.threats() if waiting else np.zeros(max(n_cw, 1), bool)
-        veh.step(tau, tau * DT, busy, tau - BURN_IN, rng)
+        veh.step(tau, tau * STEP_SECONDS, busy, tau - BURN_IN, rng)
         if tau % 2 == 0:
-            peds.step(tau * DT, threat, tau - BURN_IN)
+            peds.step(tau * STEP_SECONDS, threat, tau - BURN_IN)
         else:
             peds.coast(tau - BURN_IN)
         pop.spawn()
@@ -86,8 +85,9 @@ def _simulate(net: Network, tb: Tables, rng: np.random.Generator) -> tuple[Track
         size=np.concatenate([np.stack([st.length, st.width, st.height], 1)[rows_v],
                              np.stack([peds.length, peds.width, peds.height], 1)[rows_p],
                              np.array([p[2] for p in parked]).reshape(n_park, 3)]),
-        types=np.concatenate([np.where(st.kind[rows_v] == CYCLIST, CYCLIST, VEHICLE),
-                              np.full(len(rows_p), PEDESTRIAN), np.full(n_park, VEHICLE)]).astype(np.int64),
+        types=np.concatenate([
+            np.where(st.kind[rows_v] == AgentType.CYCLIST, AgentType.CYCLIST, AgentType.VEHICLE),
+            np.full(len(rows_p), AgentType.PEDESTRIAN), np.full(n_park, AgentType.VEHICLE)]).astype(np.int64),
         turn=np.concatenate([tb.route_turn[st.route[rows_v]], np.zeros(len(rows_p) + n_park, np.int64)]),
         interacting=np.concatenate([(st.yielded[rows_v] + st.close_leader[rows_v]) > 0,
                                     np.zeros(len(rows_p) + n_park, bool)]),
@@ -101,7 +101,7 @@ def _enforce_safety(net: Network, tracks: Tracks, sdc: int, stop_xy: np.ndarray,
     """bool [A] agents to keep: drops agents that overlap, leave the road, run a red light or move unphysically."""
     A = len(tracks.types)
     bad = np.zeros(A, bool)
-    on_road_type = tracks.types != PEDESTRIAN
+    on_road_type = tracks.types != AgentType.PEDESTRIAN
     vr = np.flatnonzero(on_road_type)
     if len(vr):
         c = safety.corners_of(tracks.xy[vr], tracks.heading[vr], tracks.size[vr, 0], tracks.size[vr, 1])
@@ -122,10 +122,10 @@ def _enforce_safety(net: Network, tracks: Tracks, sdc: int, stop_xy: np.ndarray,
 
 
 def _choose_sdc(tracks: Tracks, preferred: int) -> int:
-    full = tracks.valid.all(1) & (tracks.types == VEHICLE)
+    full = tracks.valid.all(1) & (tracks.types == AgentType.VEHICLE)
     if 0 <= preferred < len(full) and full[preferred]:
         return preferred
-    cur = tracks.valid[:, CURRENT_TIME_INDEX] & (tracks.types == VEHICLE)
+    cur = tracks.valid[:, CURRENT_TIME_INDEX] & (tracks.types == AgentType.VEHICLE)
     cand = np.flatnonzero(full) if full.any() else np.flatnonzero(cur)
     if len(cand) == 0:
         cand = np.flatnonzero(tracks.valid[:, CURRENT_TIME_INDEX])
@@ -144,7 +144,7 @@ def _choose_predictions(tracks: Tracks, sdc: int, rng: np.random.Generator) -> t
     if len(cand) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int8)
     near = np.linalg.norm(tracks.xy[cand, c] - tracks.xy[sdc, c], axis=1) < 30.0
-    score = (2.0 * (tracks.turn[cand] > 0) + 1.5 * (tracks.types[cand] != VEHICLE) + tracks.interacting[cand]
+    score = (2.0 * (tracks.turn[cand] > 0) + 1.5 * (tracks.types[cand] != AgentType.VEHICLE) + tracks.interacting[cand]
              + near + 0.8 * rng.random(len(cand)))
     k = min(len(cand), int(rng.integers(2, 9)))
     pick = cand[np.argsort(-score, kind="stable")[:k]]
@@ -218,7 +218,7 @@ def generate_scene(seed: int | np.random.SeedSequence) -> Scene:
     states[..., 0:2] = transform(tracks.xy)
     states[..., 2] = net.z(tracks.xy) + tracks.size[:, None, 2] / 2
     states[..., 3:6] = tracks.size[:, None, :]
-    states[..., 6] = (tracks.heading + phi + np.pi) % (2 * np.pi) - np.pi
+    states[..., 6] = wrap_angle(tracks.heading + phi)
     states[..., 7:9] = tracks.vel @ rot.T
     states[~tracks.valid] = 0.0
     track_ids = np.sort(rng.choice(np.arange(100, 100 + 20 * max(A, 1)), A, replace=False)).astype(np.int64)
