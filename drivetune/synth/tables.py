@@ -124,10 +124,6 @@ class Tables:
     route_turn: np.ndarray  # [R] 0 none / straight, 1 right, 2 left
     route_ctrl: np.ndarray  # [R] 0 none, 1 signal, 2 stop sign
     route_group: np.ndarray  # [R] signal group
-    conf_mask: np.ndarray  # [C, C] bool, lanes indexed directly (C = number of lanes)
-    conf_s0: np.ndarray  # [C, C] conflict zone start on the first lane w.r.t. the second (lane arc length)
-    conf_s1: np.ndarray
-    diverge: np.ndarray  # [C, C] a vehicle on lane b counts as on lane a while its lane arc length < this
     route_cw: np.ndarray  # [R, Q] crosswalk index, -1
     route_cw_s0: np.ndarray  # [R, Q]
     route_cw_s1: np.ndarray
@@ -136,7 +132,9 @@ class Tables:
     signal: SignalPlan | None
     lead: np.ndarray  # [2, R, C] leader lookup of vehicle routes (see _leader_table)
     ped_lead: np.ndarray  # [Rp, pieces] route arc length where each pedestrian piece starts, -inf if not on it
-    conf: np.ndarray  # [3, C, C] conf_mask (0/1), conf_s0, conf_s1 stacked for one gather per step
+    # [3, C, C], lanes indexed directly (C = number of lanes), stacked for one gather per step: conflict (0/1), the
+    # conflict zone's start and end on the first lane w.r.t. the second (lane arc length)
+    conf: np.ndarray
 
 
 def _in_quad(p: np.ndarray, quad: np.ndarray, grow: float) -> np.ndarray:
@@ -268,6 +266,5 @@ def build_tables(net: Network, rng: np.random.Generator) -> Tables:
     n_pieces = len(net.ped_pieces)
     ped_lead = _leader_table(peds, np.where(np.eye(n_pieces, dtype=bool), np.inf, -np.inf))[0]
     conf = np.stack([conf_mask.astype(np.float64), conf_s0, conf_s1])
-    return Tables(routes, peds, route_conn, route_conn_s, route_turn, route_ctrl, route_group, conf_mask, conf_s0,
-                  conf_s1, diverge, route_cw, route_cw_s0, route_cw_s1, piece_cw, cw_group, signal, lead, ped_lead,
-                  conf)
+    return Tables(routes, peds, route_conn, route_conn_s, route_turn, route_ctrl, route_group, route_cw, route_cw_s0,
+                  route_cw_s1, piece_cw, cw_group, signal, lead, ped_lead, conf)
