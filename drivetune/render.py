@@ -14,6 +14,7 @@ import numpy as np
 from drivetune.atomic import atomic_path
 from drivetune.scene import (HEADING, LENGTH, RED_SIGNAL_STATES, WIDTH, X, Y, AgentType, MapFeatureType,
                              RoadLineType, Scene, SignalState)
+from drivetune.synth.geometry import box_corners
 
 TYPE_COLORS = {AgentType.VEHICLE: "#1f77b4", AgentType.PEDESTRIAN: "#ff7f0e", AgentType.CYCLIST: "#2ca02c",
                AgentType.OTHER: "#7f7f7f", AgentType.UNSET: "#7f7f7f"}
@@ -33,13 +34,6 @@ def _signal_color(state: int) -> str | None:
     if state == SignalState.UNKNOWN:
         return "#999999"
     return None
-
-
-def _box(x: float, y: float, heading: float, length: float, width: float) -> np.ndarray:
-    c, s = np.cos(heading), np.sin(heading)
-    f, l = np.array([c, s]) * length / 2, np.array([-s, c]) * width / 2
-    p = np.array([x, y])
-    return np.stack([p + f + l, p - f + l, p - f - l, p + f - l])
 
 
 def _view(scene: Scene, step: int, radius: float | None) -> tuple[float, float, float, float]:
@@ -123,7 +117,7 @@ def render_scene(scene: Scene, out_path: str | os.PathLike, rollouts: np.ndarray
             ax.plot(xy[fut, 0], xy[fut, 1], color=color, lw=1.0, ls=(0, (3, 2)), alpha=0.8, zorder=4)
         st = scene.states[a, step]
         ec = "black" if (a in predict or a == scene.sdc_index) else "white"
-        ax.add_patch(Polygon(_box(st[X], st[Y], st[HEADING], st[LENGTH], st[WIDTH]), closed=True, fc=color, ec=ec,
+        ax.add_patch(Polygon(box_corners(st[X:Y + 1], st[HEADING], st[LENGTH], st[WIDTH]), closed=True, fc=color, ec=ec,
                              lw=1.4 if ec == "black" else 0.6, alpha=0.9, zorder=5))
         if int(scene.track_types[a]) in (AgentType.PEDESTRIAN, AgentType.CYCLIST):  # small: add a visible dot
             ax.plot(st[X], st[Y], "o", ms=4.5, color=color, mec=ec, mew=0.6, zorder=5.5)
