@@ -100,7 +100,6 @@ class Batch:
     length: Tensor  # [S, A] step-10 box size
     width: Tensor
     height: Tensor
-    agent_mask: Tensor  # bool [S, A]
     scored: Tensor  # long [S, E] agent indices
     scored_mask: Tensor  # bool [S, E]
     is_vehicle: Tensor  # bool [S, E]
@@ -153,7 +152,6 @@ def build_batch(
     traj = np.zeros((S, R + 1, A, T, 4))
     valid = np.zeros((S, R + 1, A, T), bool)
     size = np.zeros((S, A, 3))
-    agent_mask = np.zeros((S, A), bool)
     sc_idx = np.zeros((S, E), np.int64)
     sc_mask = np.zeros((S, E), bool)
     is_veh = np.zeros((S, E), bool)
@@ -175,7 +173,6 @@ def build_batch(
         valid[s, 1:, :n, : cur + 1] = scene.valid[ti, : cur + 1]
         valid[s, 1:, :n, cur + 1 :] = True
         size[s, :n] = scene.states[ti, cur][:, [LENGTH, WIDTH, HEIGHT]].astype(np.float32)
-        agent_mask[s, :n] = True
         pos = {int(i): a for a, i in enumerate(ro.object_id)}
         e = len(sc_ids[s])
         sc_idx[s, :e] = [pos[int(i)] for i in sc_ids[s]]
@@ -185,7 +182,7 @@ def build_batch(
     b = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
     return Batch(
         scenario_ids=[s.scenario_id for s in scenes], traj=t(traj), valid=b(valid), length=t(size[..., 0]),
-        width=t(size[..., 1]), height=t(size[..., 2]), agent_mask=b(agent_mask), scored=b(sc_idx),
+        width=t(size[..., 1]), height=t(size[..., 2]), scored=b(sc_idx),
         scored_mask=b(sc_mask), is_vehicle=b(is_veh), scored_ids=[np.asarray(i, np.int64) for i in sc_ids],
         origin=origin, origin_t=t(origin),
     )

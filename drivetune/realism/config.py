@@ -40,7 +40,6 @@ class FeatureConfig:
     pseudocount: float
     weight: float
     independent_timesteps: bool = True
-    bernoulli: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def _hist(lo: float, hi: float, bins: int, weight: float) -> FeatureConfig:
 
 
 def _bern(weight: float) -> FeatureConfig:
-    return FeatureConfig(-0.5, 1.5, 2, BERNOULLI_PSEUDOCOUNT, weight, independent_timesteps=True, bernoulli=True)
+    return FeatureConfig(-0.5, 1.5, 2, BERNOULLI_PSEUDOCOUNT, weight, independent_timesteps=True)
 
 
 CONFIG_2025 = MetricConfig(
