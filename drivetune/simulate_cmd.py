@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     from drivetune.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
     from drivetune.closed_loop import simulate
-    from drivetune.realism import Rollouts, realism_metrics
+    from drivetune.realism import Rollouts, mean_metrics, realism_metrics
 
     sampler = SamplerConfig(kind=args.sampler, k=args.k, temperature=args.temperature, warm_lambda=args.warm_lambda)
     try:
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         paths = write_submission(out / "submission", items, num_shards=args.shards,
                                  metadata={"description": f"drivetune {args.sampler} rollouts of {args.checkpoint}"})
         print(f"submission: {', '.join(str(p) for p in paths)}")
-    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "scenario_id"}
+    summary = mean_metrics(rows)
     _write_json(out / "realism.json", {"checkpoint": str(args.checkpoint), "sampler": sampler.to_dict(),
                                        "rollouts": args.rollouts, "seed": args.seed, "config": args.config,
                                        "simulate_seconds": sim_seconds, "mean": summary, "scenes": rows})
