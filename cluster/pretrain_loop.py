@@ -184,13 +184,13 @@ def train_loop(config: dict[str, Any]) -> None:
     run = RunDirectory(cfg.run_dir)
     step, latest = 0, run.latest() if cfg.resume else None
     if latest is not None:
-        from drivetune.checkpoint import load_checkpoint
+        from drivetune.checkpoint import load_weights, read_meta
 
-        loaded, meta = load_checkpoint(latest)
+        meta = read_meta(latest)
         if meta["vocab_hash"] != vocab.hash or meta["model_config"] != to_dict(model.cfg):
             raise ValueError(f"{latest}: vocabulary or model config differs from this run's; use a new run_dir "
                              "(or resume=false)")
-        model.load_state_dict(loaded.state_dict())
+        load_weights(latest, model)
         state = RunDirectory.load_trainer_state(latest)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -118,19 +118,31 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[BehaviorModel, dict]:
-    """Rebuild the model from a checkpoint directory; returns (model in eval mode, metadata)."""
+def read_model_spec(directory: str | os.PathLike) -> tuple[ModelConfig, MotionVocab, dict]:
+    """(model config, vocabulary checked against its recorded hash, metadata) of a checkpoint, without weights."""
     directory = Path(directory)
     meta = read_meta(directory)
     vocab = MotionVocab.load(directory / VOCAB)
     if vocab.hash != meta["vocab_hash"]:
         raise CheckpointError(f"{directory}: vocabulary hash {vocab.hash[:12]} != recorded {meta['vocab_hash'][:12]}")
-    model = BehaviorModel(from_dict(ModelConfig, meta["model_config"], where=f"{directory}/{META}"), vocab)
+    return from_dict(ModelConfig, meta["model_config"], where=f"{directory}/{META}"), vocab, meta
+
+
+def load_weights(directory: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Copy a checkpoint's weights into `model` in place (CheckpointError if unreadable or not fitting)."""
+    path = Path(directory) / WEIGHTS
     try:
-        arrays = load_file(str(directory / WEIGHTS))
+        arrays = load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{directory / WEIGHTS}: unreadable weights ({e})") from e
+        raise CheckpointError(f"{path}: unreadable weights ({e})") from e
     load_numpy_state_dict(model, arrays)
+
+
+def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[BehaviorModel, dict]:
+    """Rebuild the model from a checkpoint directory; returns (model in eval mode, metadata)."""
+    cfg, vocab, meta = read_model_spec(directory)
+    model = BehaviorModel(cfg, vocab)
+    load_weights(directory, model)
     return model.to(device).eval(), meta
 
 

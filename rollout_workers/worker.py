@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from drivetune.checkpoint import check_state_dict, read_meta, resolve_checkpoint
+from drivetune.checkpoint import check_state_dict, read_model_spec, resolve_checkpoint
 from drivetune.closed_loop import SceneRollouts, simulate
 from drivetune.config import from_dict, to_dict
 from drivetune.model import BehaviorModel, ModelConfig
@@ -48,9 +48,7 @@ class PolicySpec:
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, **kwargs: Any) -> "PolicySpec":
-        directory = resolve_checkpoint(directory)  # a run directory means its latest checkpoint
-        meta = read_meta(directory)
-        vocab = MotionVocab.load(directory / "vocab.safetensors")
+        _, vocab, meta = read_model_spec(resolve_checkpoint(directory))  # a run directory: its latest checkpoint
         return cls(model_config=meta["model_config"], vocab=vocab, **kwargs)
 
     def build(self) -> BehaviorModel:
