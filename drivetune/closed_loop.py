@@ -158,14 +158,11 @@ def simulate(
 @torch.no_grad()
 def _decode(model, vocab, scenes, picks, rows, uni, sampler, return_topk) -> dict[str, torch.Tensor]:
     """Encode maps and histories once per scene, fan out to G rollouts per scene, run the closed loop."""
-    device, S, G = vocab.device, len(scenes), rows["sim"].shape[0] // len(scenes)
+    device, G = vocab.device, rows["sim"].shape[0] // len(scenes)
     maps = map_batch([tokenize_map(s) for s in scenes]).to(device)
     agents = agent_batch([tokenize_scene(s, vocab) for s in scenes], picks).to(device)
     map_ctx = model.encode_map(maps)
-    # The logged history is the same for every rollout: decode it once per scene, then fan out to G rows.
-    state, logits = model.start(map_ctx, agents.slice_time(0, CURRENT_BOUNDARY), num_rollouts=1)
-    fan = torch.arange(S, device=device).repeat_interleave(G)
-    state, logits = state.select(fan), logits[fan]
+    state, logits = model.start(map_ctx, agents.slice_time(0, CURRENT_BOUNDARY), num_rollouts=G)
     return _rollout_loop(model, vocab, state, logits, rows, uni, sampler, return_topk)
 
 

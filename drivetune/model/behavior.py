@@ -196,26 +196,29 @@ class BehaviorModel(nn.Module):
 
     # ------------------------------------------------------------ incremental
     def start(self, ctx: MapContext, history: AgentBatch, num_rollouts: int = 1) -> tuple[DecodeState, torch.Tensor]:
-        """Consume the history [S, A, Th] of each scene for R rollouts; returns the state and next-token logits."""
+        """Consume the history [S, A, Th] of each scene for R rollouts; returns the state and next-token logits.
+        The history is decoded once per scene, then its caches are fanned out to the R rollout rows (scene-major)."""
         s, a, th = history.tokens.shape
         if s != ctx.num_scenes:
             raise ValueError(f"history has {s} scenes but the map context has {ctx.num_scenes}")
         if th < 1 or num_rollouts < 1:
             raise ValueError(f"need >= 1 history token and >= 1 rollout (got {th}, {num_rollouts})")
-        rep = lambda v: v.repeat_interleave(num_rollouts, dim=0)  # noqa: E731 - scene-major rows
-        b, w, dev = s * num_rollouts, self.cfg.time_span, history.tokens.device
+        w, dev = self.cfg.time_span, history.tokens.device
+        scenes = torch.arange(s, device=dev)
         state = DecodeState(
             map_ctx=ctx,
-            scene_index=torch.arange(s, device=dev).repeat_interleave(num_rollouts),
-            type_idx=rep(history.type_idx),
-            kv=torch.zeros(self.cfg.agent_layers, b, a, w, 2 * self.cfg.hidden, device=dev),
-            poses=torch.zeros(b, a, w, 3, device=dev),
-            valid=torch.zeros(b, a, w, dtype=torch.bool, device=dev),
+            scene_index=scenes,
+            type_idx=history.type_idx.clone(),
+            kv=torch.zeros(self.cfg.agent_layers, s, a, w, 2 * self.cfg.hidden, device=dev),
+            poses=torch.zeros(s, a, w, 3, device=dev),
+            valid=torch.zeros(s, a, w, dtype=torch.bool, device=dev),
         )
-        tokens, poses, valid = rep(history.tokens), rep(history.poses), rep(history.valid)
         for i in range(th):
-            logits = self.step(state, tokens[:, :, i], poses[:, :, i], valid[:, :, i])
-        return state, logits
+            logits = self.step(state, history.tokens[:, :, i], history.poses[:, :, i], history.valid[:, :, i])
+        if num_rollouts == 1:
+            return state, logits
+        fan = scenes.repeat_interleave(num_rollouts)
+        return state.select(fan), logits[fan]
 
     def step(self, state: DecodeState, tokens: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Append one token per agent (tokens [B, A], end poses [B, A, 3], valid [B, A]); returns logits [B, A, V]
