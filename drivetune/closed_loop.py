@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from drivetune.model import BehaviorModel, agent_batch, map_batch
+from drivetune.realism.batch import Rollouts
 from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_uniforms, sample
 from drivetune.scene import HEADING, NUM_FUTURE_STEPS, VX, VY, X, Y, Z, Scene
 from drivetune.tokenizer import TOKEN_STEPS, TorchVocab, nearest_tokens, token_step_poses, tokenize_map, tokenize_scene
@@ -48,10 +49,14 @@ class SceneRollouts:
     topk: np.ndarray | None = None  # int64 [G, A, 16, K]
     sft_target: np.ndarray | None = None  # int64 [G, A, 16]
 
+    def realism_rollouts(self) -> Rollouts:
+        """The trajectories as the realism metric's (and the submission's) rollout set."""
+        return Rollouts(self.object_ids, self.x, self.y, self.z, self.heading)
+
 
 def sim_agents(scene: Scene) -> np.ndarray:
     """Track indices of the scene's sim agents (valid at the current step), in track order."""
-    return np.flatnonzero(scene.valid[:, scene.current_time_index])
+    return np.flatnonzero(scene.sim_agent_mask())
 
 
 def _scene_tensors(scene: Scene, a_pad: int, sdc: str, sdc_track: np.ndarray | None) -> dict[str, np.ndarray]:

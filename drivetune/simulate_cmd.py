@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from drivetune.atomic import atomic_write_bytes
+from drivetune.realism import mean_metrics
 from drivetune.samplers import SAMPLERS, SamplerConfig
 
 TABLE_FIELDS = (
@@ -88,7 +89,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"{r['scenario_id']:<18}" + "".join(f"{r[k]:>8.4f}" for k, _ in TABLE_FIELDS))
     if len(rows) > 1:
-        lines.append(f"{'mean':<18}" + "".join(f"{np.mean([r[k] for r in rows]):>8.4f}" for k, _ in TABLE_FIELDS))
+        mean = mean_metrics(rows)
+        lines.append(f"{'mean':<18}" + "".join(f"{mean[k]:>8.4f}" for k, _ in TABLE_FIELDS))
     return "\n".join(lines)
 
 
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from drivetune.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
     from drivetune.closed_loop import simulate
-    from drivetune.realism import Rollouts, mean_metrics, realism_metrics
+    from drivetune.realism import realism_metrics
 
     sampler = SamplerConfig(kind=args.sampler, k=args.k, temperature=args.temperature, warm_lambda=args.warm_lambda)
     try:
@@ -127,10 +129,10 @@ def run(args: argparse.Namespace) -> int:
             results = simulate(model, vocab, scenes, args.rollouts, sampler, base_seed=args.seed,
                                policy_version=int(meta.get("step", 0)), sdc=args.sdc)
             sim_seconds += time.perf_counter() - t0
-            for scene, res in zip(scenes, results):
-                ro = Rollouts(res.object_ids, res.x, res.y, res.z, res.heading)
+            sets = [res.realism_rollouts() for res in results]
+            rows.extend(realism_metrics(scenes, sets, config=args.config, device=args.device))
+            for scene, res, ro in zip(scenes, results, sets):
                 ro.save(out / "rollouts" / f"{scene.scenario_id}.npz")
-                rows.append(realism_metrics(scene, ro, config=args.config, device=args.device)[0])
                 if args.submission:
                     items.append((scene.scenario_id, ro))
                 if args.render:

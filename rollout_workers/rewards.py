@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from drivetune.closed_loop import SceneRollouts
-from drivetune.realism import Rollouts, realism_metrics
+from drivetune.realism import realism_metrics
 from drivetune.realism.rewards import rollout_rewards
 from drivetune.scene import Scene
 
@@ -24,7 +24,7 @@ def group_rewards(
     """
     if scored not in SCORED:
         raise ValueError(f"reward agents {scored!r} unknown (choose from {', '.join(SCORED)})")
-    rollouts = Rollouts(out.object_ids, out.x, out.y, out.z, out.heading)
+    rollouts = out.realism_rollouts()
     if out.x.shape[0] < 2:
         row = realism_metrics(scene, rollouts, config=config, device=device, scored=scored)[0]
         return {}, {k: float(v) for k, v in row.items() if k != "scenario_id"}
