@@ -175,6 +175,7 @@ def _rollout_loop(model, vocab, state, logits, rows, uni, sampler, return_topk) 
     B, A = rows["sim"].shape
     T, dev = NUM_FUTURE_TOKENS, vocab.device
     ctrl, sim, ext_on, types = rows["ctrl"], rows["sim"], rows["ext_on"], rows["type"]
+    any_external = bool(ext_on.any())  # fixed for the whole rollout: one device sync, not one per step
     flat = ctrl.reshape(-1).nonzero().squeeze(-1)
     pose, prev = rows["pose"].clone(), rows["prev"].clone()
     tokens = torch.zeros(B, A, T, dtype=torch.long, device=dev)
@@ -202,7 +203,7 @@ def _rollout_loop(model, vocab, state, logits, rows, uni, sampler, return_topk) 
         sub = token_step_poses(vocab, types, pose, tok)  # [B, A, 5, 3]
         new_pose = sub[:, :, -1]
         valid = sim.clone()
-        if bool(ext_on.any()):  # log-replayed or caller-driven SDC: its poses are given, its token is the nearest
+        if any_external:  # log-replayed or caller-driven SDC: its poses are given, its token is the nearest
             given = rows["ext"][:, :, t * TOKEN_STEPS : (t + 1) * TOKEN_STEPS]
             ext_tok = nearest_tokens(vocab, types, pose, given[:, :, -1], k=1)[0][..., 0]
             tok = torch.where(ext_on, ext_tok, tok)

@@ -83,8 +83,6 @@ class RolloutPool:
         With `wait=False` it returns once the weights are in the object store and the calls are sent; workers apply
         them in order before any later task, and the acknowledgements are collected at the next `generate`.
         """
-        if any(not isinstance(v, np.ndarray) for v in state.values()):
-            raise TypeError("set_weights needs a dict of numpy arrays (torch tensors would be pickled and copied)")
         t0 = time.perf_counter()
         self._weights_ref = ray.put(pack_state(state))
         self.version = int(version)

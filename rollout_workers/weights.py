@@ -31,7 +31,8 @@ def pack_state(state: dict[str, np.ndarray]) -> PackedState:
     sizes: dict[str, int] = {}
     for name, arr in state.items():
         if not isinstance(arr, np.ndarray):
-            raise TypeError(f"weights entry {name!r} is {type(arr).__name__}, expected a numpy array")
+            raise TypeError(f"weights entry {name!r} is {type(arr).__name__}, expected a numpy array (torch tensors "
+                            "would be pickled and copied; use drivetune.checkpoint.state_dict_to_numpy)")
         key = arr.dtype.str
         index[name] = (key, sizes.get(key, 0), tuple(arr.shape))
         parts.setdefault(key, []).append(arr.reshape(-1))

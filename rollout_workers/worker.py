@@ -76,9 +76,6 @@ class RolloutWorker:
     def get_version(self) -> int:
         return self.version
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def generate(
         self,
         scenes: Sequence[Any],

@@ -16,11 +16,9 @@ class TokenTargets:
     mask: torch.Tensor  # bool [B, A, T-1]
 
     @classmethod
-    def from_tokens(cls, tokens: torch.Tensor, valid: torch.Tensor, first_target: int = 1) -> "TokenTargets":
-        """Targets tokens[:, :, i+1] for i >= first_target - 1, where token i and i+1 are valid."""
-        mask = valid[:, :, :-1] & valid[:, :, 1:]
-        mask[:, :, : max(first_target - 1, 0)] = False
-        return cls(tokens[:, :, 1:], mask)
+    def from_tokens(cls, tokens: torch.Tensor, valid: torch.Tensor) -> "TokenTargets":
+        """Targets tokens[:, :, i+1] for every i where tokens i and i+1 are both valid."""
+        return cls(tokens[:, :, 1:], valid[:, :, :-1] & valid[:, :, 1:])
 
 
 def next_token_loss(logits: torch.Tensor, targets: TokenTargets, label_smoothing: float = 0.0) -> torch.Tensor:

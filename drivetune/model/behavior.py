@@ -69,9 +69,7 @@ class BehaviorModel(nn.Module):
         self.vocab = vocab
         self.vocab_hash = vocab.hash
         h = cfg.hidden
-        poses = torch.as_tensor(vocab.poses, dtype=torch.float32)  # [3, V, 6, 3]
-        if poses.ndim != 4 or poses.shape[0] != NUM_AGENT_TYPES or poses.shape[2:] != (6, 3):
-            raise ValueError(f"vocab.poses has shape {tuple(poses.shape)}, expected [3, V, 6, 3]")
+        poses = torch.as_tensor(vocab.poses, dtype=torch.float32)  # [3, V, 6, 3], checked by MotionVocab
         steps = poses[:, :, 1:]
         geometry = torch.cat([steps[..., :2], torch.cos(steps[..., 2:]), torch.sin(steps[..., 2:])], -1)
         self.register_buffer("token_geometry", geometry.flatten(2), persistent=False)  # [3, V, 20]
