@@ -28,7 +28,8 @@ from drivetune.tokenizer import MotionVocab
 
 FORMAT = "drivetune-checkpoint-v1"
 WEIGHTS, VOCAB, META = "model.safetensors", "vocab.safetensors", "meta.json"
-STEP_DIR = re.compile(r"^step_(\d{8})$")  # RUN/checkpoints/step_00000100: a training run's numbered checkpoints
+RUN_CHECKPOINTS = "checkpoints"  # a training run directory keeps its checkpoints here, one `step_NNNNNNNN` each
+STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 class CheckpointError(ValueError):
@@ -146,9 +147,14 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     return model.to(device).eval(), meta
 
 
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where a training run keeps its checkpoint of `step`."""
+    return Path(run_dir) / RUN_CHECKPOINTS / f"step_{step:08d}"
+
+
 def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, path) of the complete checkpoints (readable metadata) of a training run directory, ascending."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / RUN_CHECKPOINTS
     if not root.is_dir():
         return []
     found = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from drivetune.checkpoint import CheckpointError, run_checkpoints, save_checkpoint
+from drivetune.checkpoint import CheckpointError, checkpoint_dir, run_checkpoints, save_checkpoint
 from drivetune.model import BehaviorModel
 from drivetune.atomic import atomic_write_bytes
 
@@ -28,11 +28,10 @@ class RunDirectory:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.checkpoint_root = self.root / "checkpoints"
         self.metrics_path = self.root / "metrics.jsonl"
 
     def checkpoint_path(self, step: int) -> Path:
-        return self.checkpoint_root / f"step_{step:08d}"
+        return checkpoint_dir(self.root, step)
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(step, path) of complete checkpoints (readable metadata and trainer state), ascending by step."""
