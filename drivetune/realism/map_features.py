@@ -26,8 +26,8 @@ CYCLE_TOL2 = 1.0
 
 @dataclass
 class EdgeTable:
-    start: Tensor  # [N, 3]
-    vec: Tensor  # [N, 3]
+    """Road-edge segments (start and vector in `index`) with their sign-rule neighbours."""
+
     prev: Tensor  # long [N], -1 when the sign rule has no previous segment
     next: Tensor
     convex_prev: Tensor  # bool [N]: cross(prev, this) > 0
@@ -37,8 +37,6 @@ class EdgeTable:
 
 @dataclass
 class LaneTable:
-    start: Tensor  # [N, 2]
-    vec: Tensor  # [N, 2]
     lane_id: Tensor  # long [N]
     index: SegmentIndex
 
@@ -81,8 +79,7 @@ def build_edges(scenes: list[Scene], batch: Batch) -> EdgeTable:
     T = lambda a: torch.as_tensor(a, dtype=dt, device=dev)  # noqa: E731
     L = lambda a: torch.as_tensor(a, dtype=torch.long, device=dev)  # noqa: E731
     index = build_index(L(poly), L(scene_of), T(st), T(vec), "edge", Z_STRETCH)
-    return EdgeTable(T(st), T(vec), L(prev), L(nxt), torch.as_tensor(cp, device=dev), torch.as_tensor(cn, device=dev),
-                     index)
+    return EdgeTable(L(prev), L(nxt), torch.as_tensor(cp, device=dev), torch.as_tensor(cn, device=dev), index)
 
 
 def nearest_for(pts: Tensor, ok: Tensor, index: SegmentIndex) -> Tensor:
@@ -115,10 +112,10 @@ def distance_to_road_edge(batch: Batch, edges: EdgeTable, cur: int) -> Tensor:
 
 def _signed_edge_distance(p: Tensor, k: Tensor, e: EdgeTable) -> Tensor:
     def side(j: Tensor) -> Tensor:
-        q, v = p[..., :2] - e.start[j][..., :2], e.vec[j][..., :2]
+        q, v = p[..., :2] - e.index.start[j][..., :2], e.index.vec[j][..., :2]
         return torch.sign(q[..., 0] * v[..., 1] - q[..., 1] * v[..., 0])
 
-    q, v = p - e.start[k], e.vec[k]
+    q, v = p - e.index.start[k], e.index.vec[k]
     den = (v[..., :2] ** 2).sum(-1)
     t = torch.where(den > 0, (q[..., :2] * v[..., :2]).sum(-1) / torch.where(den > 0, den, 1), 0)
     w = q[..., :2] - v[..., :2] * t.clamp(0, 1)[..., None]

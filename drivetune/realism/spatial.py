@@ -47,12 +47,12 @@ class SegmentIndex:
         return self._comps
 
 
-def _lo_geometry(idx: SegmentIndex, seg: Tensor) -> tuple[Tensor, Tensor]:
+def _lo_geometry(start: Tensor, vec: Tensor, metric: str, seg: Tensor) -> tuple[Tensor, Tensor]:
     """Planar box of the geometry that bounds the metric from below: the segment (edge) or its start (lane)."""
-    s = idx.start[seg, :2]
-    if idx.metric == "lane":
+    s = start[seg, :2]
+    if metric == "lane":
         return s, s
-    e = s + idx.vec[seg, :2]
+    e = s + vec[seg, :2]
     return torch.minimum(s, e), torch.maximum(s, e)
 
 
@@ -73,22 +73,19 @@ def build_index(polyline: Tensor, scene: Tensor, start: Tensor, vec: Tensor, met
     block_seg[block_of, pos % BLOCK] = torch.arange(n, device=dev)
     den = vec[:, 0] ** 2 + vec[:, 1] ** 2
     inv = torch.where(den > 0, 1 / torch.where(den > 0, den, 1), torch.zeros_like(den))
-    idx = SegmentIndex(start, vec, inv, scene, block_seg, start[:0, :2], start[:0, :2], start[:0, :2], start[:0],
-                       start[:0, 0], scene[:0], metric, zscale)
-    lo, hi = _lo_geometry(idx, torch.arange(n, device=dev))
+    lo, hi = _lo_geometry(start, vec, metric, torch.arange(n, device=dev))
     big = torch.finfo(dt).max
     i2 = block_of[:, None].expand(-1, 2)
-    idx.block_min = torch.full((nb, 2), big, dtype=dt, device=dev).scatter_reduce(0, i2, lo, "amin")
-    idx.block_max = torch.full((nb, 2), -big, dtype=dt, device=dev).scatter_reduce(0, i2, hi, "amax")
+    block_min = torch.full((nb, 2), big, dtype=dt, device=dev).scatter_reduce(0, i2, lo, "amin")
+    block_max = torch.full((nb, 2), -big, dtype=dt, device=dev).scatter_reduce(0, i2, hi, "amax")
     z0, z1 = start[:, 2], start[:, 2] + vec[:, 2]
     zr = torch.stack((torch.minimum(z0, z1), torch.maximum(z0, z1)), 1)
-    idx.block_z = torch.stack((torch.full((nb,), big, dtype=dt, device=dev).scatter_reduce(0, block_of, zr[:, 0], "amin"),
-                               torch.full((nb,), -big, dtype=dt, device=dev).scatter_reduce(0, block_of, zr[:, 1], "amax")), 1)
+    block_z = torch.stack((torch.full((nb,), big, dtype=dt, device=dev).scatter_reduce(0, block_of, zr[:, 0], "amin"),
+                           torch.full((nb,), -big, dtype=dt, device=dev).scatter_reduce(0, block_of, zr[:, 1], "amax")), 1)
     first = block_seg[:, 0]
-    idx.anchor = start[first]
-    idx.anchor_extra = torch.linalg.vector_norm(vec[first, :2], dim=1) if metric == "lane" else torch.zeros_like(inv[first])
-    idx.block_scene = scene[first]
-    return idx
+    anchor_extra = torch.linalg.vector_norm(vec[first, :2], dim=1) if metric == "lane" else torch.zeros_like(inv[first])
+    return SegmentIndex(start, vec, inv, scene, block_seg, block_min, block_max, block_z, start[first], anchor_extra,
+                        scene[first], metric, zscale)
 
 
 def _gap2(bmin: Tensor, bmax: Tensor, cmin: Tensor, cmax: Tensor, zgap: Tensor | None = None) -> Tensor:
@@ -199,7 +196,7 @@ def nearest_segment(pts: Tensor, scene: Tensor, idx: SegmentIndex) -> Tensor:
     c2 = c1[:, None].expand(-1, BLOCK).reshape(-1)
     seg = idx.block_seg[b1].reshape(-1)
     c2, seg = c2[seg >= 0], seg[seg >= 0]
-    lo, hi_geo = _lo_geometry(idx, seg)
+    lo, hi_geo = _lo_geometry(idx.start, idx.vec, idx.metric, seg)
     z0, z1 = idx.start[seg, 2], idx.start[seg, 2] + idx.vec[seg, 2]
     zg = _zgap(torch.minimum(z0, z1), torch.maximum(z0, z1), zlo[c2], zhi[c2], idx.zscale)
     lo2 = _gap2(lo, hi_geo, cmin[c2], cmax[c2], zg)

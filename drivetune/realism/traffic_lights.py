@@ -82,7 +82,7 @@ def build_lanes_and_signals(scenes: list[Scene], batch: Batch) -> tuple[LaneTabl
         stops = np.where((scene.signal_states[:, present] == int(SignalState.ABSENT))[..., None], -o[None, None, :2],
                          local32(scene.signal_stop_points[:, present, :2], o[:2]))
         L = len(lanes)
-        seg_start, seg_vec, stop_t = np.zeros((T, L, 2)), np.zeros((T, L, 2)), np.zeros((T, L))
+        seg_start, seg_vec = np.zeros((T, L, 2)), np.zeros((T, L, 2))
         usable = np.array([int(i) in row_of for i in lanes], bool)
         for j in range(L):  # a handful of signalled lanes per scene
             if not usable[j]:
@@ -104,7 +104,7 @@ def build_lanes_and_signals(scenes: list[Scene], batch: Batch) -> tuple[LaneTabl
     st3 = np.concatenate([st, np.zeros((len(st), 1))], 1)
     vec3 = np.concatenate([vec, np.zeros((len(st), 1))], 1)
     index = build_index(Lg(np.concatenate(poly_all)), Lg(np.concatenate(scene_all)), Tt(st3), Tt(vec3), "lane", 0.0)
-    lanes = LaneTable(Tt(st), Tt(vec), Lg(np.concatenate(lid_all)), index)
+    lanes = LaneTable(Lg(np.concatenate(lid_all)), index)
     Lm = max(len(x[0]) for x in sig)
     S = len(scenes)
     lane_id = np.full((S, Lm), -2, np.int64)
