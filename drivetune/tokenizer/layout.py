@@ -63,4 +63,5 @@ def box_corners(pose: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
 
 def mean_corner_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean over the 4 corners of the distance between corner sets [..., 4, 2]; broadcasts."""
-    return torch.linalg.vector_norm(a - b, dim=-1).mean(dim=-1)
+    dx, dy = a[..., 0] - b[..., 0], a[..., 1] - b[..., 1]  # fresh tensors: the in-place ops below are safe
+    return dx.mul_(dx).add_(dy.mul_(dy)).sqrt_().mean(dim=-1)

@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 
 from drivetune.atomic import atomic_path
 from drivetune.tokenizer.layout import NUM_AGENT_TYPES, TOKEN_STEPS, TYPE_BOXES, TYPE_NAMES, box_corners, compose
-from drivetune.tokenizer.layout import relative
+from drivetune.tokenizer.layout import mean_corner_distance, relative
 
 FORMAT = "drivetune-motion-vocab-v1"
 NUM_POSES = TOKEN_STEPS + 1  # poses at steps 0..5 of a token
@@ -202,19 +202,13 @@ def _nearest_of_type(tv: TorchVocab, kind: int, goal: torch.Tensor, k: int) -> t
     cx, cy = tv.end_centres[kind, :, 0] - g[:, :1], tv.end_centres[kind, :, 1] - g[:, 1:]  # [m, V]
     centre_sq = cx.mul_(cx).add_(cy.mul_(cy)).masked_fill_(~mask, float("inf"))
     bound_sq, cand = torch.topk(centre_sq, prune, dim=-1, largest=False, sorted=True)  # [m, P]
-    d = _corner_distance(tv.end_corners[kind][cand], goal[:, None])  # [m, P]
+    d = mean_corner_distance(tv.end_corners[kind][cand], goal[:, None])  # [m, P]
     d = d.masked_fill_(~mask[cand], float("inf"))
     top_d, pos = torch.topk(d, k, dim=-1, largest=False, sorted=True)
     top_i = torch.gather(cand, 1, pos)
     unsure = torch.nonzero(top_d[:, -1] ** 2 > bound_sq[:, -1]).flatten() if prune < tv.num_tokens else pos[:0, 0]
     if unsure.numel():
-        full = _corner_distance(tv.end_corners[kind][None], goal[unsure, None]).masked_fill_(~mask, float("inf"))
+        full = mean_corner_distance(tv.end_corners[kind][None], goal[unsure, None]).masked_fill_(~mask, float("inf"))
         redo = torch.topk(full, k, dim=-1, largest=False, sorted=True)
         top_d[unsure], top_i[unsure] = redo.values, redo.indices
     return top_i, top_d
-
-
-def _corner_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean corner distance of broadcast corner sets [..., 4, 2] -> [...]."""
-    dx, dy = a[..., 0] - b[..., 0], a[..., 1] - b[..., 1]
-    return dx.mul_(dx).add_(dy.mul_(dy)).sqrt_().mean(dim=-1)
