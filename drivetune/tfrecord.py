@@ -41,8 +41,8 @@ def frame_record(payload: bytes) -> bytes:
     return length + struct.pack("<I", masked_crc32c(length)) + payload + _FOOTER.pack(masked_crc32c(payload))
 
 
-def _read_one(fh, path: Path, offset: int, verify: bool) -> bytes | None:
-    """The record at the file position `offset` (already seeked), or None at a clean end of file."""
+def _read_length(fh, path: Path, offset: int, verify: bool) -> int | None:
+    """Payload length from the header at the file position `offset` (already seeked), or None at a clean end."""
     header = fh.read(_HEADER.size)
     if not header:
         return None
@@ -51,6 +51,14 @@ def _read_one(fh, path: Path, offset: int, verify: bool) -> bytes | None:
     length, length_crc = _HEADER.unpack(header)
     if verify and masked_crc32c(header[:8]) != length_crc:
         raise TFRecordError(path, offset, "length CRC mismatch (corrupt header)")
+    return length
+
+
+def _read_one(fh, path: Path, offset: int, verify: bool) -> bytes | None:
+    """The record at the file position `offset` (already seeked), or None at a clean end of file."""
+    length = _read_length(fh, path, offset, verify)
+    if length is None:
+        return None
     payload = fh.read(length)
     if len(payload) < length:
         raise TFRecordError(path, offset, f"truncated payload ({len(payload)} of {length} bytes)")
@@ -84,12 +92,10 @@ def scan_records(path: str | os.PathLike) -> tuple[list[int], TFRecordError | No
     with open(path, "rb") as fh:
         offset = 0
         while offset < size:
-            header = fh.read(_HEADER.size)
-            if len(header) < _HEADER.size:
-                return offsets, TFRecordError(path, offset, f"truncated header ({len(header)} of {_HEADER.size} bytes)")
-            length, length_crc = _HEADER.unpack(header)
-            if masked_crc32c(header[:8]) != length_crc:
-                return offsets, TFRecordError(path, offset, "length CRC mismatch (corrupt header)")
+            try:
+                length = _read_length(fh, path, offset, verify=True)
+            except TFRecordError as error:
+                return offsets, error
             end = offset + _HEADER.size + length + _FOOTER.size
             if end > size:
                 return offsets, TFRecordError(path, offset, f"truncated record (needs {end - offset} bytes, file ends at {size})")
@@ -97,14 +103,6 @@ def scan_records(path: str | os.PathLike) -> tuple[list[int], TFRecordError | No
             offset = end
             fh.seek(offset)
     return offsets, None
-
-
-def record_offsets(path: str | os.PathLike) -> list[int]:
-    """Offsets of every record (see `scan_records`); raises the framing error if there is one."""
-    offsets, error = scan_records(path)
-    if error is not None:
-        raise error
-    return offsets
 
 
 def read_record_at(path: str | os.PathLike, offset: int) -> bytes:

@@ -37,7 +37,6 @@ _STATE_KEYS = STATE_PROTO_KEYS + ("valid",)
 _STATE_LAYOUT = FixedLayout(scenario_pb2.ObjectState.DESCRIPTOR, _STATE_KEYS)
 _POINT_LAYOUT = FixedLayout(map_pb2.MapPoint.DESCRIPTOR, ("x", "y", "z"))
 _ABSENT = int(SignalState.ABSENT)
-_STATES_FIELD = scenario_pb2.Track.DESCRIPTOR.fields_by_name["states"].number
 
 
 class WomdError(ValueError):

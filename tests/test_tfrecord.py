@@ -11,7 +11,7 @@ from drivetune.tfrecord import (
     masked_crc32c,
     read_record_at,
     read_records,
-    record_offsets,
+    scan_records,
     write_records,
 )
 
@@ -23,6 +23,13 @@ def test_crc32c_known_vector():
     assert masked_crc32c(b"123456789") == expected
 
 
+def _offsets_or_raise(path):
+    offsets, error = scan_records(path)
+    if error is not None:
+        raise error
+    return offsets
+
+
 def test_round_trip_and_offsets(tmp_path):
     payloads = [b"", b"a", bytes(range(256)) * 100, b"last"]
     path = tmp_path / "x.tfrecord"
@@ -30,10 +37,10 @@ def test_round_trip_and_offsets(tmp_path):
     got = list(read_records(path))
     assert [p for _, p in got] == payloads
     offsets = [o for o, _ in got]
-    assert offsets == record_offsets(path)
+    assert offsets == _offsets_or_raise(path)
     assert offsets[0] == 0 and offsets[1] == 16  # empty record: 8 + 4 + 0 + 4 bytes
     assert read_record_at(path, offsets[2]) == payloads[2]
-    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tfrecord"]  # no temp file left behind
 
 
 def test_real_file_crcs(womd_637):
@@ -66,7 +73,7 @@ def test_flipped_length_byte(tmp_path):
     with pytest.raises(TFRecordError, match="offset 0: length CRC"):
         list(read_records(path))
     with pytest.raises(TFRecordError, match="offset 0: length CRC"):
-        record_offsets(path)
+        _offsets_or_raise(path)
 
 
 @pytest.mark.parametrize("cut", [3, 12 + 20, 50 + 12])
@@ -77,7 +84,7 @@ def test_truncated(tmp_path, cut):
     with pytest.raises(TFRecordError, match=rf"offset {second}: truncated"):
         list(read_records(path))
     with pytest.raises(TFRecordError, match=rf"offset {second}: truncated"):
-        record_offsets(path)
+        _offsets_or_raise(path)
 
 
 def test_unverified_read_skips_crc(tmp_path):
