@@ -163,21 +163,6 @@ def render_scene(scene: Scene, out_path: str | os.PathLike, rollouts: np.ndarray
     return out
 
 
-def load_for_render(path: str, scenario_id: str | None) -> Scene:
-    """A Scene from a TFRecord file or any source `drivetune.sources.iter_scenes` accepts."""
-    p = Path(path)
-    if p.is_file() and p.suffix != ".parquet":
-        from drivetune.womd import load_scene
-
-        return load_scene(p, scenario_id)
-    from drivetune.sources import iter_scenes
-
-    for scene in iter_scenes(path):
-        if scenario_id is None or scene.scenario_id == scenario_id:
-            return scene
-    raise ValueError(f"{path}: scenario {scenario_id!r} not found")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene_file", help="Scenario TFRecord file, shard directory or glob")
     parser.add_argument("--scenario-id", default=None, help="scenario to draw (default: the first)")
@@ -187,7 +172,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    scene = load_for_render(args.scene_file, args.scenario_id)
+    from drivetune.sources import load_scene
+
+    scene = load_scene(args.scene_file, args.scenario_id)
     out = render_scene(scene, args.out, step=args.step, radius=args.radius)
     print(f"wrote {out} (scenario {scene.scenario_id})")
     return 0

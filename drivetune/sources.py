@@ -76,6 +76,21 @@ def expand_tfrecords(spec: Spec) -> list[Path]:
     return paths
 
 
+def load_scene(spec: Spec, scenario_id: str | None = None) -> Scene:
+    """One scene from any source: the first, or the one with `scenario_id` (from a shard directory only its row is
+    read; from a TFRecord file only up to it)."""
+    paths = expand_sources(spec)
+    if scenario_id is not None:
+        for path in paths:
+            if path.is_dir() and scenario_id in (store := ShardStore(path)):
+                return store.get(scenario_id)
+    for scene in iter_scenes(paths):
+        if scenario_id is None or scene.scenario_id == scenario_id:
+            return scene
+    wanted = "any scenario" if scenario_id is None else f"scenario {scenario_id!r}"
+    raise SourceError(f"{wanted} not found in {', '.join(str(p) for p in paths)}")
+
+
 def iter_scenes(spec: Spec) -> Iterator[Scene]:
     """Every Scene of every source in the spec, in spec order."""
     for path in expand_sources(spec):

@@ -19,6 +19,7 @@ from drivetune.shards import (
     scenes_to_table,
     write_shards,
 )
+from drivetune import sources
 from drivetune.sources import SourceError, expand_sources, iter_scenes
 from drivetune.womd import load_scene
 
@@ -103,6 +104,15 @@ def test_sources(store, womd_637, womd_ee5, tmp_path):
         expand_sources(str(tmp_path / "*.tfrecord"))
     with pytest.raises(SourceError, match="no such file"):
         expand_sources(tmp_path / "missing.tfrecord")
+
+
+def test_load_scene_from_any_source(store, scenes, womd_637):
+    ee5 = scenes[1].scenario_id
+    assert sources.load_scene(store.directory, ee5).equals(scenes[1])  # one row of one shard
+    assert sources.load_scene(womd_637.parent, ee5).equals(scenes[1])  # a directory of TFRecords
+    assert sources.load_scene(str(womd_637)).equals(scenes[0])  # the first scene
+    with pytest.raises(SourceError, match="scenario 'nope' not found in"):
+        sources.load_scene([store.directory, str(womd_637)], "nope")
 
 
 def test_ray_dataset(ray_local, store, scenes):
