@@ -17,13 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-for _k, _v in (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"), ("RAY_USAGE_STATS_ENABLED", "0"), ("OMP_NUM_THREADS", "1")):
-    os.environ.setdefault(_k, _v)
-
-from drivetune.ingest import ingest  # noqa: E402
-from drivetune.shards import write_shards  # noqa: E402
-from drivetune.sources import iter_scenes  # noqa: E402
-from drivetune.tfrecord import read_records, write_records  # noqa: E402
+from drivetune.ingest import ingest
+from drivetune.ray_runtime import ray_session
+from drivetune.shards import write_shards
+from drivetune.sources import iter_scenes
+from drivetune.tfrecord import read_records, write_records
 
 WOMD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "womd"
 
@@ -41,7 +39,6 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per configuration (best is reported)")
     args = ap.parse_args()
-    import ray
 
     work = Path(tempfile.mkdtemp(prefix="dt_bench_ingest_"))
     try:
@@ -62,19 +59,15 @@ def main() -> None:
 
         for workers in (1, 2):
             t0 = time.perf_counter()
-            ray.init(address="local", _temp_dir=f"/tmp/dt_bench_{os.getpid()}", num_cpus=workers,
-                     include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)  # fmt: skip
-            start = time.perf_counter() - t0
-            try:  # warm the worker processes (imports) on one file, then time the best of --repeats full runs
+            with ray_session(num_cpus=workers, log_to_driver=False, object_store_bytes=256 << 20):
+                start = time.perf_counter() - t0
+                # warm the worker processes (imports) on one file, then time the best of --repeats full runs
                 ingest([str(next(src.iterdir()))], work / f"warm{workers}", 2, workers, progress=False)
                 rate = 0.0
                 for rep in range(args.repeats):
                     t0 = time.perf_counter()
                     result = ingest([str(src)], work / f"ray{workers}_{rep}", args.shard_size, workers, progress=False)
                     rate = max(rate, result.scenes / (time.perf_counter() - t0))
-            finally:
-                ray.shutdown()
-                shutil.rmtree(f"/tmp/dt_bench_{os.getpid()}", ignore_errors=True)
             rows.append((f"drivetune ingest, {workers} worker(s)", rate, start))
         print(f"{'run':<34} {'scenes/s':>9} {'vs baseline':>12} {'ray start s':>12}")
         for name, rate, start in rows:

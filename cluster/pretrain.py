@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drivetune.config import ConfigError, load_config, to_dict
+from drivetune.ray_runtime import ray_session, set_process_env
 from drivetune.model import ModelConfig
 
 log = logging.getLogger("drivetune.pretrain")
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @dataclass
@@ -156,23 +155,6 @@ def fit(cfg: PretrainConfig) -> Any:
     return trainer.fit()
 
 
-def init_ray(address: str | None) -> None:
-    """Attach to `address` (or RAY_ADDRESS, e.g. under `ray job submit`), else start a private local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": WORKER_ENV}
-    if address:
-        ray.init(address=address, runtime_env=env)
-    else:
-        # The dashboard (loopback only) serves the State API that Ray Train's placement-group cleaner polls; without
-        # it that cleaner logs a warning every few seconds and cannot clean up.
-        ray.init(address="local", _temp_dir=tempfile.mkdtemp(prefix="dt_ray_", dir="/tmp"), include_dashboard=True,
-                 dashboard_host="127.0.0.1", runtime_env=env)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (e.g. configs/pretrain_micro.yaml)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -180,19 +162,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for k, v in WORKER_ENV.items():
-        os.environ.setdefault(k, v)
+    set_process_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(PretrainConfig, args.config, args.overrides).validate()
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    init_ray(args.address)
     from ray.train import TrainingFailedError
 
+    # Attach to --address or RAY_ADDRESS (set under `ray job submit`), else a private local Ray. Its dashboard
+    # (loopback only) serves the State API that Ray Train's placement-group cleaner polls; without it that cleaner
+    # logs a warning every few seconds and cannot clean up.
     try:
-        result = fit(cfg)
+        with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True):
+            result = fit(cfg)
     except ConfigError as exc:  # e.g. a resource request larger than the cluster
         log.error("%s", exc)
         return 2

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,13 @@ from typing import Any
 from tqdm import tqdm
 
 from drivetune.atomic import remove_stale_temps
+from drivetune.ray_runtime import ray_session, set_process_env
 from drivetune.shards import file_sha256, read_manifest, shard_name, write_manifest, write_shard
 from drivetune.sources import expand_tfrecords
 from drivetune.tfrecord import TFRecordError, read_record_at, scan_records
 from drivetune.womd import WomdError, scene_from_bytes
 
-for _key, _value in (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"), ("RAY_USAGE_STATS_ENABLED", "0"), ("OMP_NUM_THREADS", "1")):
-    os.environ.setdefault(_key, _value)
+set_process_env()
 
 
 @dataclass
@@ -97,25 +96,6 @@ def _is_done(out_dir: Path, plan: ShardPlan, entry: dict[str, Any] | None) -> bo
     )
 
 
-def _start_ray(workers: int):
-    """A private local Ray with `workers` CPUs, unless this process already runs one (then that one is used)."""
-    import ray
-
-    if ray.is_initialized():
-        return ray, None
-    temp_dir = Path("/tmp") / f"dt_ingest_{os.getpid()}"  # private; short (Ray socket paths have a length limit)
-    ray.init(
-        address="local",
-        _temp_dir=str(temp_dir),
-        num_cpus=workers,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=256 * 1024 * 1024,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
-    )
-    return ray, temp_dir
-
-
 def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, workers: int = 2,
            progress: bool = True) -> IngestResult:  # fmt: skip
     """Convert TFRecord sources into a shard directory; see the module docstring for the resume rules."""
@@ -140,8 +120,8 @@ def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, wor
     write_manifest(out_dir, entries)
 
     if todo:
-        ray, temp_dir = _start_ray(workers)
-        try:
+        # a private local Ray of `workers` CPUs (or the one this process already runs)
+        with ray_session(num_cpus=workers, log_to_driver=False, object_store_bytes=256 * 1024 * 1024) as ray:
             task = ray.remote(num_cpus=1)(build_shard)
             pending = {task.remote(str(out_dir), plan): plan for plan in todo}
             bar = tqdm(total=sum(len(p.inputs) for p in todo), unit="scene", desc="ingest", disable=not progress)
@@ -154,10 +134,6 @@ def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, wor
                 write_manifest(out_dir, entries)  # progress survives an interruption
                 bar.update(len(plan.inputs))
             bar.close()
-        finally:
-            if temp_dir is not None:
-                ray.shutdown()
-                shutil.rmtree(temp_dir, ignore_errors=True)
 
     seen: set[str] = set()
     for name in sorted(entries):
