@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -111,12 +112,15 @@ class Batch:
     def num_rollouts(self) -> int:
         return int(self.traj.shape[1]) - 1
 
+    @cached_property
     def scored_traj(self) -> Tensor:
-        """[S, R1, E, 91, 4]."""
+        """[S, R1, E, 91, 4], gathered once per batch (every feature family reads it)."""
         idx = self.scored[:, None, :, None, None].expand(-1, self.traj.shape[1], -1, *self.traj.shape[3:])
         return torch.gather(self.traj, 2, idx)
 
+    @cached_property
     def scored_valid(self) -> Tensor:
+        """bool [S, R1, E, 91], gathered once per batch."""
         idx = self.scored[:, None, :, None].expand(-1, self.valid.shape[1], -1, self.valid.shape[3])
         return torch.gather(self.valid, 2, idx) & self.scored_mask[:, None, :, None]
 
@@ -163,12 +167,9 @@ def build_batch(
                                f"{scene.current_time_index}, batch expects {T} / {cur}")
         o = origin[s] = scene_origin(scene)
         n = len(ti)
-        log = scene.states[ti][:, :, cols].astype(np.float32).astype(np.float64)
-        log[..., :3] -= o
-        traj[s, :, :n] = log[None]
+        traj[s, :, :n] = local32(scene.states[ti][:, :, cols], np.r_[o, 0.0])[None]  # heading is not shifted
         for j, k in enumerate(ROLLOUT_FIELDS):
-            v = np.asarray(getattr(ro, k), np.float32).astype(np.float64)
-            traj[s, 1:, :n, cur + 1 :, j] = v - (o[j] if j < 3 else 0.0)
+            traj[s, 1:, :n, cur + 1 :, j] = local32(np.asarray(getattr(ro, k)), o[j] if j < 3 else 0.0)
         valid[s, 0, :n] = scene.valid[ti]
         valid[s, 1:, :n, : cur + 1] = scene.valid[ti, : cur + 1]
         valid[s, 1:, :n, cur + 1 :] = True

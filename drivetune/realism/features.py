@@ -54,9 +54,9 @@ def kinematic_validity(valid: Tensor) -> tuple[Tensor, Tensor]:
 
 def displacement_error(batch: Batch) -> Tensor:
     """[S, R, E] 3-D ADE of each simulated rollout against the log over all logged-valid steps (history included)."""
-    tr = batch.scored_traj()[..., :3]
+    tr = batch.scored_traj[..., :3]
     err = torch.linalg.vector_norm(tr[:, 1:] - tr[:, :1], dim=-1)  # [S, R, E, T]
-    lv = batch.scored_valid()[:, :1]
+    lv = batch.scored_valid[:, :1]
     return torch.where(lv, err, torch.zeros_like(err)).sum(-1) / lv.sum(-1).clamp_min(1).to(err.dtype)
 
 

@@ -93,8 +93,8 @@ def nearest_for(pts: Tensor, ok: Tensor, index: SegmentIndex) -> Tensor:
 
 def distance_to_road_edge(batch: Batch, edges: EdgeTable, cur: int) -> Tensor:
     """[S, R1, E, 80] signed planar distance of the most off-road bottom corner (-1e10 where invalid)."""
-    tr = batch.scored_traj()[:, :, :, cur + 1 :]  # [S, R1, E, 80, 4]
-    ok = batch.scored_valid()[:, :, :, cur + 1 :]
+    tr = batch.scored_traj[:, :, :, cur + 1 :]  # [S, R1, E, 80, 4]
+    ok = batch.scored_valid[:, :, :, cur + 1 :]
     idx = batch.scored
     hl = torch.gather(batch.length, 1, idx)[:, None, :, None] * 0.5
     hw = torch.gather(batch.width, 1, idx)[:, None, :, None] * 0.5

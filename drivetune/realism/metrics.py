@@ -51,7 +51,7 @@ def compute_features(batch: Batch, scenes: list[Scene], cap: float = 40.0) -> di
     Distances to the nearest object above `cap` (the histogram ceiling) are only bounded below.
     """
     cur = scenes[0].current_time_index
-    kin = kinematics(batch.scored_traj())
+    kin = kinematics(batch.scored_traj)
     feats = {k: v[..., cur + 1 :] for k, v in kin.items()}
     feats["distance_to_nearest_object"] = distance_to_nearest_object(batch, cur, cap)
     feats["time_to_collision"] = time_to_collision(batch, cur)
@@ -65,7 +65,7 @@ def compute_features(batch: Batch, scenes: list[Scene], cap: float = 40.0) -> di
 
 def build_terms(batch: Batch, feats: dict[str, Tensor], cfg: MetricConfig, cur: int) -> Terms:
     """Bins, per-rollout counts and masks of every term; "ever happened" events over logged-valid steps."""
-    log_valid = batch.scored_valid()[:, 0, :, cur + 1 :]  # [S, E, 80]
+    log_valid = batch.scored_valid[:, 0, :, cur + 1 :]  # [S, E, 80]
     speed_ok, accel_ok = kinematic_validity(log_valid)
     veh = batch.is_vehicle[:, :, None]
     masks = {"linear_speed": speed_ok, "angular_speed": speed_ok, "linear_acceleration": accel_ok,

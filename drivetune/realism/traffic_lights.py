@@ -126,8 +126,8 @@ def red_light_violation(batch: Batch, lanes: LaneTable | None, sig: SignalTable 
     T = batch.traj.shape[3]
     if lanes is None or sig is None:
         return torch.zeros((S, R1, E, T - cur - 1), dtype=torch.bool, device=batch.traj.device)
-    tr = batch.scored_traj()[..., cur:, :2]  # [S, R1, E, 81, 2]
-    ok = batch.scored_valid()[..., cur + 1 :]
+    tr = batch.scored_traj[..., cur:, :2]  # [S, R1, E, 81, 2]
+    ok = batch.scored_valid[..., cur + 1 :]
 
     k = nearest_for(tr[:, :, :, 1:], ok, lanes.index)  # [S, R1, E, 80]
     lane_now = lanes.lane_id[k]
