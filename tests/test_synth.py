@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from drivetune.scene import HEADING, LENGTH, RED_SIGNAL_STATES, WIDTH, X, Y, AgentType, MapFeatureType, SignalState
 from drivetune.synth import cli as synth_cli
-from drivetune.synth.geometry import box_corners, signed_edge_distance
+from drivetune.synth.geometry import box_corners
 from drivetune.synth.safety import kinematic_violations, overlap_pairs
 from drivetune.womd import read_scenes, write_scenes
+
+sys.path.insert(0, str(Path(__file__).parent))
+from edge_distance import signed_edge_distance  # noqa: E402
 
 NUM_SCENES = 200
 
