@@ -20,6 +20,9 @@ class RolloutBatch:
 
     scenario_id: str
     object_ids: np.ndarray  # int64 [A]
+    track_index: np.ndarray  # int64 [A] indices into the scene's tracks (what re-scoring rebuilds the input from)
+    agent_type: np.ndarray  # int64 [A] tokenizer type index (0 vehicle, 1 pedestrian, 2 cyclist)
+    sdc: str  # how the SDC was driven: "policy", "log" or "external" (closed_loop.SDC_MODES)
     policy_version: int
     base_seed: int
     rollout_indices: np.ndarray  # int64 [G]

@@ -22,6 +22,7 @@ from drivetune.model import BehaviorModel, ModelConfig
 from drivetune.samplers import SamplerConfig
 from drivetune.scene import Scene
 from drivetune.tokenizer import MotionVocab
+from drivetune.tokenizer.layout import type_index
 from rollout_workers.batch import RolloutBatch
 from rollout_workers.rewards import group_rewards
 from rollout_workers.weights import PackedState
@@ -94,15 +95,18 @@ class RolloutWorker:
         resolved = [_resolve(s) for s in scenes]
         outs = simulate(self.model, self.vocab, resolved, group_size, sampler, base_seed=seed,
                         policy_version=self.version, **options)
-        return [self._batch(scene, out, sampler, seed) for scene, out in zip(resolved, outs)]
+        sdc = options.get("sdc", "policy")
+        return [self._batch(scene, out, sampler, seed, sdc) for scene, out in zip(resolved, outs)]
 
-    def _batch(self, scene: Scene, out: SceneRollouts, sampler: SamplerConfig, seed: int) -> RolloutBatch:
+    def _batch(self, scene: Scene, out: SceneRollouts, sampler: SamplerConfig, seed: int, sdc: str) -> RolloutBatch:
         per_rollout, per_group = ({}, {})
         if self.spec.rewards:
             per_rollout, per_group = group_rewards(scene, out, self.spec.reward_agents, self.spec.metric_config,
                                                    self.spec.device)
         return RolloutBatch(
-            scenario_id=out.scenario_id, object_ids=out.object_ids, policy_version=self.version, base_seed=int(seed),
+            scenario_id=out.scenario_id, object_ids=out.object_ids, track_index=out.track_index,
+            agent_type=type_index(scene.track_types[out.track_index]).astype(np.int64), sdc=sdc,
+            policy_version=self.version, base_seed=int(seed),
             rollout_indices=out.rollout_indices, seeds=out.seeds, sampler=sampler.to_dict(), tokens=out.tokens,
             logp=out.logp, sampler_logp=out.sampler_logp, token_mask=out.token_mask,
             boundary_poses=out.boundary_poses, x=out.x, y=out.y, z=out.z, heading=out.heading,
