@@ -1,6 +1,6 @@
 """RL rewards from a hand-built RolloutBatch: weighted terms, eligible agent types, agent mapping, validation.
 
-The group: G = 2 rollouts, sim agents object_ids [10, 20, 30, 40] of types [vehicle, pedestrian, cyclist, vehicle];
+The group: G = 2 rollouts, sim agents object_ids [30, 20, 10, 40] (not sorted) of types [cyclist, pedestrian, vehicle, vehicle];
 scored ids [40, 20, 30] (another order than object_ids; agent 10 unscored). Events per rollout (scored order):
   collision  r0 [T, F, F]  r1 [F, F, F]
   offroad    r0 [F, T, T]  r1 [T, T, F]   (the pedestrian's offroad never counts)
@@ -37,8 +37,8 @@ def _batch(**reward_overrides) -> RolloutBatch:
     rewards.update(reward_overrides)
     rewards = {k: v for k, v in rewards.items() if v is not None}
     return RolloutBatch(
-        scenario_id="hand", object_ids=np.array([10, 20, 30, 40], np.int64), track_index=np.arange(A),
-        agent_type=np.array([0, 1, 2, 0], np.int64), sdc="policy", policy_version=1, base_seed=0,
+        scenario_id="hand", object_ids=np.array([30, 20, 10, 40], np.int64), track_index=np.arange(A),
+        agent_type=np.array([2, 1, 0, 0], np.int64), sdc="policy", policy_version=1, base_seed=0,
         rollout_indices=np.arange(G), seeds=np.arange(G), sampler={}, tokens=np.zeros((G, A, 16), np.int64),
         logp=np.zeros((G, A, 16), np.float32), sampler_logp=np.zeros((G, A, 16), np.float32),
         token_mask=np.ones((G, A, 16), bool), boundary_poses=np.zeros((G, A, 17, 3), np.float32),
@@ -59,15 +59,15 @@ def test_rollout_rewards_terms_and_weighted_sum():
 
 def test_agent_rewards_map_scored_ids_and_ignore_ineligible_types():
     reward, scored = agent_rewards(_batch(), WEIGHTS.validate())
-    assert scored.tolist() == [False, True, True, True]
+    assert scored.tolist() == [True, True, False, True]
     # share 0.5 of the realism rewards: 0.4475 and 0.3775; then each agent's own penalties (object_ids order)
-    want = [[0.0, 0.4475, 0.4475 - 0.5, 0.4475 - 1.0],  # ped offroad ignored; cyclist offroad; vehicle 40 collided
-            [0.0, 0.3775, 0.3775, 0.3775 - 0.5 - 3.0]]  # vehicle 40: offroad and red light
+    want = [[0.4475 - 0.5, 0.4475, 0.0, 0.4475 - 1.0],  # cyclist offroad; ped offroad ignored; vehicle 40 collided
+            [0.3775, 0.3775, 0.0, 0.3775 - 0.5 - 3.0]]  # vehicle 40: offroad and red light
     np.testing.assert_allclose(reward, want, atol=1e-12)
     # the rollout's safety penalty is the mean of its scored agents' penalties
     roll, _ = rollout_rewards(_batch(), WEIGHTS)
     realism = np.array([0.895, 0.755])
-    np.testing.assert_allclose(realism - roll, -(reward[:, 1:] - 0.5 * realism[:, None]).mean(1), atol=1e-12)
+    np.testing.assert_allclose(realism - roll, -(reward[:, scored] - 0.5 * realism[:, None]).mean(1), atol=1e-12)
 
 
 def test_red_light_counts_vehicles_only_and_pedestrian_offroad_never():
@@ -78,7 +78,7 @@ def test_red_light_counts_vehicles_only_and_pedestrian_offroad_never():
     np.testing.assert_allclose(terms["offroad"], [2 / 3, 2 / 3], atol=1e-12)  # vehicle 40 and cyclist 30
     np.testing.assert_allclose(terms["red_light"], [1 / 3, 1 / 3], atol=1e-12)  # vehicle 40 only
     reward, _ = agent_rewards(b, RewardConfig(offroad=1.0, red_light=1.0))
-    np.testing.assert_allclose(reward[0], [0.0, 0.0, -1.0, -2.0], atol=1e-12)
+    np.testing.assert_allclose(reward[0], [-1.0, 0.0, 0.0, -2.0], atol=1e-12)
 
 
 def test_missing_terms_and_bad_ids():
