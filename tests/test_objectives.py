@@ -109,6 +109,15 @@ def test_ppo_clip_with_kl_term():
     _close(out.stats["kl_k3"], 0.1)
 
 
+def test_ppo_log_ratio_clamp():
+    # log ρ = 100 in float32: exp(100) = inf without the ±20 clamp; with it ρ = e^20 = 4.85165195e8 and no gradient.
+    logp = torch.tensor([0.0], requires_grad=True)
+    out = ppo_clip_loss(logp, torch.tensor([-100.0]), torch.tensor([0.0]), torch.tensor([-1.0]), 0.2, 0.0)
+    np.testing.assert_allclose(float(out.loss.detach()), 4.85165195e8, rtol=1e-6)
+    out.loss.backward()
+    _close(logp.grad, [0.0])
+
+
 def test_loss_input_errors_and_empty_minibatch():
     x = torch.zeros(3)
     with pytest.raises(ValueError, match="differ in length"):
