@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vocab build": ("drivetune.tokenizer.cli", "build per-type motion vocabularies (k-disks)"),
     "train pretrain": ("cluster.pretrain", "behaviour-cloning pretraining on Ray Train"),
     "simulate": ("drivetune.simulate_cmd", "closed-loop rollouts of a checkpoint on scenes"),
+    "train rft": ("cluster.rft", "RL post-training (MPO / GRPO / GRBO) with Ray rollout workers and a learner"),
+    "plot": ("cluster.plot", "draw a run's metrics.jsonl curves to a PNG"),
 }
 
 
