@@ -53,6 +53,7 @@ class RFTConfig:
     run_dir: str = "runs/rft"
     stage: str = "rft"  # recorded in checkpoint meta (lineage)
     max_iters: int = 10
+    max_minutes: float = 0.0  # wall-clock budget of this call (0: none); stops after the iteration that crosses it
     scenes_per_iter: int = 4
     group_size: int = 8  # G rollouts per scene
     sdc: str = "policy"  # policy | log
@@ -81,6 +82,7 @@ class RFTConfig:
         need(bool(self.data.shards) and Path(self.data.shards).is_dir(), f"data.shards {self.data.shards!r} is not a "
              "directory")
         need(self.max_iters >= 1 and self.scenes_per_iter >= 1, "max_iters and scenes_per_iter must be >= 1")
+        need(self.max_minutes >= 0, f"max_minutes must be >= 0, got {self.max_minutes}")
         need(self.group_size >= 2, f"group_size must be >= 2 (group rewards need leave-one-out), got {self.group_size}")
         need(self.sdc in SDC_MODES, f"sdc must be one of {SDC_MODES}, got {self.sdc!r}")
         need(self.scored in ("evaluated", "all"), f"scored must be 'evaluated' or 'all', got {self.scored!r}")
@@ -89,9 +91,12 @@ class RFTConfig:
         need(self.eval_every >= 0 and self.eval_scenes >= 1 and self.eval_rollouts >= 2, "bad eval settings")
         need(0.0 < self.data.fraction <= 1.0, f"data.fraction must be in (0, 1], got {self.data.fraction}")
         need(0.0 <= self.data.eval_fraction < 1.0, f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
+        need(self.algo.name != "sft" or self.sampler.kind == "catk", "closed-loop SFT (algo.name: sft) needs the "
+             f"catk sampler (its targets), got sampler.kind {self.sampler.kind!r}")
         try:
-            self.algo.validate(), self.reward.validate(), self.learner.validate(), self.pool.validate()
-            self.sampler.validate()
+            self.algo.validate(), self.learner.validate(), self.pool.validate(), self.sampler.validate()
+            if self.algo.name != "sft":
+                self.reward.validate()
         except ValueError as exc:
             raise ConfigError(f"rft config: {exc}") from exc
         return self
@@ -158,6 +163,7 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
     if latest is not None:
         start = ray.get(learner.restore.remote(str(latest)))
         log.info("resuming %s at iteration %d", run.root, start)
+    drop_metrics_after(run, start)  # iterations logged after the checkpoint we resume from are run again
     spec = PolicySpec.from_checkpoint(cfg.init, reward_agents=cfg.scored, device=cfg.learner.device)
     pool = RolloutPool(spec, cfg.pool)
     metrics = RayMetrics(tags={"run": run.root.name, "stage": cfg.stage})
@@ -177,6 +183,7 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
                initial=start, total=cfg.max_iters, unit="iter")
     try:
         pending = rollouts(start) if start < cfg.max_iters else None
+        t_start = time.perf_counter()
         for it in bar:
             t_iter = time.perf_counter()
             scenes, batches, t_broadcast, t_rollout = pending
@@ -184,7 +191,9 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
             if cfg.max_staleness and it + 1 < cfg.max_iters:  # one-step-off: roll the next scenes meanwhile
                 pending = rollouts(it + 1)
             stats = ray.get(update)
-            if not cfg.max_staleness and it + 1 < cfg.max_iters:
+            over_budget = cfg.max_minutes > 0 and time.perf_counter() - t_start > 60 * cfg.max_minutes
+            last = it + 1 == cfg.max_iters or over_budget
+            if not cfg.max_staleness and not last:
                 pending = rollouts(it + 1)
             record = {"iteration": it + 1, **stats, "seconds_rollout": t_rollout, "seconds_broadcast": t_broadcast,
                       "seconds_reward_worker": float(sum(b.seconds.get("reward", 0.0) for b in batches)),
@@ -193,18 +202,33 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
             record["groups_per_s"] = len(batches) / record["seconds_iteration"]
             if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
                 record.update(evaluate(ray.get(learner.weights.remote())[0], spec, sampler, cfg))
-            if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.max_iters:
-                record["checkpoint"] = ray.get(learner.save.remote(str(run.root), cfg.stage, stats,
-                                                                   cfg.keep_checkpoints))
-            run.append_metrics(record)
+            run.append_metrics(record)  # before the checkpoint: a resume drops lines newer than its checkpoint
+            if (it + 1) % cfg.checkpoint_every == 0 or last:
+                ray.get(learner.save.remote(str(run.root), cfg.stage, stats, cfg.keep_checkpoints))
             metrics.record(record)
             records.append(record)
-            bar.set_postfix(reward=f"{stats['reward']:.3f}", coll=f"{stats['collision_rate']:.3f}",
-                            off=f"{stats['offroad_rate']:.3f}", kl=f"{stats.get('kl_k3', 0.0):.4f}")
+            shown = {"reward": "reward", "nll": "sft_nll", "coll": "collision_rate", "off": "offroad_rate",
+                     "kl": "kl_k3"}
+            bar.set_postfix({k: f"{stats[v]:.3f}" for k, v in shown.items() if v in stats})
+            if over_budget:
+                log.info("max_minutes=%g reached after iteration %d", cfg.max_minutes, it + 1)
+                break
     finally:
         pool.shutdown()
         ray.kill(learner)
     return records
+
+
+def drop_metrics_after(run: Any, iteration: int) -> None:
+    """Rewrite `metrics.jsonl` without the records of iterations after `iteration` (atomically)."""
+    import json
+
+    from drivetune.atomic import atomic_write_bytes
+
+    rows = run.read_metrics()
+    keep = [r for r in rows if r.get("iteration", 0) <= iteration]
+    if len(keep) != len(rows):
+        atomic_write_bytes(run.metrics_path, [(json.dumps(r, sort_keys=True) + "\n").encode() for r in keep])
 
 
 def evaluate(weights: dict[str, np.ndarray], spec: PolicySpec, sampler: SceneSampler, cfg: RFTConfig) -> dict:
@@ -238,10 +262,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_stage(args, sft=False)
+
+
+def run_stage(args: argparse.Namespace, sft: bool) -> int:
+    """`train rft` (sft=False) or `train sft` (sft=True: the config must be a CAT-K SFT one)."""
     set_process_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(RFTConfig, args.config, args.overrides).validate()
+        if (cfg.algo.name == "sft") != sft:
+            raise ConfigError(f"{args.config}: algo.name {cfg.algo.name!r} does not fit `drivetune train "
+                              f"{'sft' if sft else 'rft'}` (use `train sft` for algo.name: sft, `train rft` otherwise)")
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

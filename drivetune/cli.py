@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vocab build": ("drivetune.tokenizer.cli", "build per-type motion vocabularies (k-disks)"),
     "train pretrain": ("cluster.pretrain", "behaviour-cloning pretraining on Ray Train"),
     "simulate": ("drivetune.simulate_cmd", "closed-loop rollouts of a checkpoint on scenes"),
+    "train sft": ("cluster.sft", "CAT-K closed-loop SFT with Ray rollout workers and a learner"),
     "train rft": ("cluster.rft", "RL post-training (MPO / GRPO / GRBO) with Ray rollout workers and a learner"),
+    "train pipeline": ("cluster.pipeline", "stages (pretrain, sft, rft, ...) in one run directory and Ray session"),
+    "lineage": ("cluster.lineage", "the stage -> checkpoint -> parent -> reference chain of a run"),
     "plot": ("cluster.plot", "draw a run's metrics.jsonl curves to a PNG"),
 }
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from trainer.advantages import fixed_baseline, group_normalized
 from trainer.losses import LossOutput, mpo_loss, ppo_clip_loss
 
-ALGORITHMS = ("mpo", "grpo", "grbo")
+ALGORITHMS = ("mpo", "grpo", "grbo", "sft")  # sft: CAT-K closed-loop SFT (cross-entropy on the sampler's targets)
 ADVANTAGES = ("rollout", "agent")
 
 

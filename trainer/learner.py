@@ -79,7 +79,8 @@ class Learner:
     def __init__(self, init: str | os.PathLike, algo: AlgoConfig, reward: RewardConfig, cfg: LearnerConfig,
                  seed: int = 0) -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        self.cfg, self.algo, self.reward = cfg.validate(), algo.validate(), reward.validate()
+        self.cfg, self.algo = cfg.validate(), algo.validate()
+        self.reward = reward if self.sft else reward.validate()  # SFT has no reward
         self.seed = seed
         self.init_path = str(resolve_checkpoint(init))
         self.policy, meta = load_checkpoint(self.init_path, device=cfg.device)
@@ -132,11 +133,16 @@ class Learner:
         scenes = [_resolve(s) for s in scenes]
         groups = [self._prepare(s, b) for s, b in zip(scenes, batches)]
         stats = _mean_dicts([g["stats"] for g in groups])
-        if self.alpha is None:  # alpha: auto = mean reward of the starting policy on its first batch
-            self.alpha = calibrate_alpha(np.concatenate([g["reward"] for g in groups]))
-        for g in groups:
-            g["adv"] = torch.as_tensor(token_advantages(self.algo, g["reward"], g["agent_reward"], g["scored"],
-                                                        g["batch"].token_mask, alpha=self.alpha))
+        if self.sft:
+            for g in groups:  # CAT-K: train on the sampler's target where the log gives one, in the rollout's context
+                g["target"] = torch.tensor(g["batch"].sft_target)
+                g["mask"] &= g["target"] >= 0
+        else:
+            if self.alpha is None:  # alpha: auto = mean reward of the starting policy on its first batch
+                self.alpha = calibrate_alpha(np.concatenate([g["reward"] for g in groups]))
+            for g in groups:
+                g["adv"] = torch.as_tensor(token_advantages(self.algo, g["reward"], g["agent_reward"], g["scored"],
+                                                            g["batch"].token_mask, alpha=self.alpha))
         stats.update(self._reference_pass(groups))
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.iteration)  # resumable minibatch order
         n_tokens, steps = 0, []
@@ -147,7 +153,10 @@ class Learner:
                 steps.append(self._step(mb))
                 n_tokens += int(sum(g["mask"].sum() for g in mb))
         stats.update(_mean_dicts(steps))
-        adv = torch.cat([g["adv"][g["mask"]] for g in groups])
+        if not self.sft:
+            adv = torch.cat([g["adv"][g["mask"]] for g in groups])
+            stats.update(adv_mean=float(adv.mean()), adv_std=float(adv.std()) if len(adv) > 1 else 0.0,
+                         adv_abs_mean=float(adv.abs().mean()))
         lag = [self.version - b.policy_version for b in batches]
         self.iteration += 1
         self.version += 1
@@ -155,18 +164,25 @@ class Learner:
         seconds = time.perf_counter() - t0
         if self.algo.name == "mpo":
             stats["alpha"] = float(self.alpha)
-        stats.update(adv_mean=float(adv.mean()), adv_std=float(adv.std()) if len(adv) > 1 else 0.0,
-                     adv_abs_mean=float(adv.abs().mean()), policy_version=self.version,
-                     policy_version_lag=float(np.mean(lag)), learner_tokens_per_s=n_tokens / seconds,
+        stats.update(policy_version=self.version, policy_version_lag=float(np.mean(lag)), learner_tokens_per_s=n_tokens / seconds,
                      seconds_update=seconds, groups=len(groups))
         return stats
 
+    @property
+    def sft(self) -> bool:
+        return self.algo.name == "sft"
+
     def _prepare(self, scene: Scene, batch: RolloutGroup) -> dict[str, Any]:
-        reward, terms = rollout_rewards(batch, self.reward)
-        agent_reward, scored = agent_rewards(batch, self.reward) if self.algo.advantage == "agent" else (None, None)
+        reward = agent_reward = scored = None
+        stats: dict[str, float] = {}
+        if not self.sft:
+            reward, terms = rollout_rewards(batch, self.reward)
+            if self.algo.advantage == "agent":
+                agent_reward, scored = agent_rewards(batch, self.reward)
+            stats = {f"reward_{k}": float(np.mean(v)) for k, v in terms.items()}
+            stats["reward"] = float(reward.mean())
         gr = batch.group_rewards
-        stats = {f"reward_{k}": float(np.mean(v)) for k, v in terms.items()}
-        stats.update(reward=float(reward.mean()), group_meta=gr.get("metametric", float("nan")),
+        stats.update(group_meta=gr.get("metametric", float("nan")),
                      collision_rate=gr.get("simulated_collision_rate", float("nan")),
                      offroad_rate=gr.get("simulated_offroad_rate", float("nan")),
                      red_light_rate=gr.get("simulated_traffic_light_violation_rate", float("nan")))
@@ -181,7 +197,8 @@ class Learner:
         scratch = None
         for g in groups:
             inputs, batch, mask = g["inputs"], g["batch"], g["mask"]
-            g["ref_logp"] = score_group(self.reference, inputs, self.cfg.rescore_chunk).logp
+            if not self.sft:
+                g["ref_logp"] = score_group(self.reference, inputs, self.cfg.rescore_chunk).logp
             if batch.policy_version == self.version:
                 behaviour = self.policy
             else:
@@ -208,11 +225,17 @@ class Learner:
                 m = mask[rows]
                 if not m.any():
                     continue
-                scores = score_rows(self.policy, inputs, rows)
-                out = policy_loss(self.algo, scores.logp[m], behaviour[rows][m], g["ref_logp"][rows][m],
-                                  g["adv"][rows][m])
-                (out.loss * (int(m.sum()) / total)).backward()
-                parts.append((int(m.sum()), out.stats))
+                if self.sft:
+                    scores = score_rows(self.policy, inputs, rows, targets=g["target"][rows])
+                    loss = -scores.logp[m].mean()  # cross-entropy on the CAT-K targets
+                    part = {"sft_nll": loss.item()}
+                else:
+                    scores = score_rows(self.policy, inputs, rows)
+                    out = policy_loss(self.algo, scores.logp[m], behaviour[rows][m], g["ref_logp"][rows][m],
+                                      g["adv"][rows][m])
+                    loss, part = out.loss, out.stats
+                (loss * (int(m.sum()) / total)).backward()
+                parts.append((int(m.sum()), part))
                 entropy.append(scores.entropy[m].detach())
         stats = {k: sum(n * s[k] for n, s in parts) / total for k in (parts[0][1] if parts else {})}
         if self.algo.human_coef > 0:

@@ -41,6 +41,7 @@ class RolloutGroup(Protocol):
     token_mask: np.ndarray  # bool [G, A, 16]
     boundary_poses: np.ndarray  # float32 [G, A, 17, 3]
     group_rewards: dict[str, Any]
+    sft_target: np.ndarray | None  # int64 [G, A, 16] CAT-K targets (-1 where the log has none)
 
 
 @dataclass
@@ -106,13 +107,18 @@ class RescoreInputs:
         yield from torch.split(rows, chunk)
 
 
-def score_rows(model: BehaviorModel, inputs: RescoreInputs, rows: torch.Tensor) -> TokenScores:
-    """Log-probs and entropies [g, A, 16] of the given rollouts' tokens under `model` (gradients flow if enabled).
-    The caller sets the model's mode; RL keeps it in eval mode (no dropout)."""
+def score_rows(model: BehaviorModel, inputs: RescoreInputs, rows: torch.Tensor,
+               targets: torch.Tensor | None = None) -> TokenScores:
+    """Log-probs and entropies [g, A, 16] of the given rollouts' tokens (or of other `targets` [g, A, 16] in the same
+    context, e.g. CAT-K's SFT targets; negative ids score 0) under `model`; gradients flow if enabled. The caller sets
+    the model's mode; RL keeps it in eval mode (no dropout)."""
     rows = rows.to(inputs.tokens.device)
     logits = model(inputs.maps, inputs.agent_inputs(rows))[:, :, CURRENT_BOUNDARY - 1 :]  # predict tokens 0..15
     logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, inputs.tokens[rows][..., None])[..., 0]
+    chosen = inputs.tokens[rows] if targets is None else targets.clamp_min(0)
+    logp = logp_all.gather(-1, chosen[..., None])[..., 0]
+    if targets is not None:
+        logp = logp.masked_fill(targets < 0, 0.0)
     probs = logp_all.exp()
     entropy = -(probs * torch.where(probs > 0, logp_all, torch.zeros_like(logp_all))).sum(-1)
     return TokenScores(logp=logp, entropy=entropy)
