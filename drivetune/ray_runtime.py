@@ -35,7 +35,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, dash
         yield ray
         return
     env = {"env_vars": WORKER_ENV}
-    quiet = {} if verbose_ray() else {"logging_level": logging.WARNING}  # no "Started a local Ray instance" banner
+    quiet = {} if verbose_ray() else {"logging_level": logging.ERROR}  # no start-up banner or token notice
     temp_dir = None
     try:  # Ctrl-C (or a failure) half-way through start-up still stops what started and removes the temp dir
         if address:
