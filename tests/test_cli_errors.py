@@ -271,3 +271,18 @@ def test_progress_lines_without_carriage_returns(tmp_path):
     out = _cli("synth", "--num-scenes", "2", "--scenes-per-file", "1", "--out", str(tmp_path / "s"))
     assert out.returncode == 0 and "\r" not in out.stderr
     assert "synth: 2/2 scenes (100%)" in out.stderr
+
+
+def test_realism_reads_shard_directories(tmp_path, womd_637, womd_ee5, oracle_dir, capsys):
+    from drivetune.shards import write_shards
+    from drivetune.womd import load_scene
+
+    write_shards(tmp_path / "shards", [load_scene(womd_ee5), load_scene(womd_637)])
+    npz = str(oracle_dir / "case_logged_noise_small.npz")
+    code, direct, _ = _run(["realism", str(womd_637), npz, "--json"], capsys)
+    assert code == 0
+    code, sharded, _ = _run(["realism", str(tmp_path / "shards"), str(womd_ee5), npz, "--json",
+                             "--scenario-id", "637f20cafde22ff8"], capsys)
+    assert code == 0
+    drop = lambda text: {k: v for k, v in json.loads(text).items() if k != "seconds"}  # noqa: E731
+    assert drop(sharded) == drop(direct)
