@@ -164,11 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     set_process_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(PretrainConfig, args.config, args.overrides).validate()
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    # a ConfigError (bad YAML, key, value or resource request) reaches drivetune.cli: `... error: ...`, exit 2
+    cfg = load_config(PretrainConfig, args.config, args.overrides).validate()
     from ray.train import TrainingFailedError
 
     # Attach to --address or RAY_ADDRESS (set under `ray job submit`), else a private local Ray. Its dashboard
@@ -177,9 +174,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True):
             result = fit(cfg)
-    except ConfigError as exc:  # e.g. a resource request larger than the cluster
-        log.error("%s", exc)
-        return 2
     except TrainingFailedError as exc:
         log.error("pretraining failed: %s", exc)
         return 1

@@ -146,7 +146,8 @@ def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, wor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", metavar="SRC", help="TFRecord files, directories or globs")
+    parser.add_argument("sources", nargs="+", metavar="SCENES",
+                        help="scene sources, several at once: Scenario TFRecord files, directories of them or globs")
     parser.add_argument("--out", required=True, help="shard directory (created; re-runs resume)")
     parser.add_argument("--shard-size", type=int, default=64, help="scenes per Parquet shard (default 64)")
     parser.add_argument("--workers", type=int, default=2, help="parallel Ray tasks = local Ray CPUs (default 2)")

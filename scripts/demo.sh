@@ -27,7 +27,7 @@ echo "== 3. inspect the shards (per-scenario JSON in $OUT/inspect.json) and draw
 "$DT" render "$OUT/shards" --out "$OUT/synth_scene.png"
 
 echo "== 4. build the per-type motion vocabularies (k-disks)"
-[[ -f "$OUT/vocab.safetensors" ]] || "$DT" vocab build --shards "$OUT/shards" --out "$OUT/vocab.safetensors" \
+[[ -f "$OUT/vocab.safetensors" ]] || "$DT" vocab build "$OUT/shards" --out "$OUT/vocab.safetensors" \
   --sizes 256 128 128
 
 echo "== 5. pretrain the micro behaviour model with behaviour cloning on Ray Train ($STEPS steps)"
@@ -36,11 +36,11 @@ echo "== 5. pretrain the micro behaviour model with behaviour cloning on Ray Tra
 
 if [[ -f "$REAL" ]]; then
   echo "== 6. closed-loop rollouts (32, Warm-K) on the real WOMD scenario, scored with the WOSAC 2025 metric"
-  "$DT" simulate --checkpoint "$OUT/pretrain" --scenes "$REAL" --rollouts 32 --sampler warmk \
+  "$DT" simulate "$REAL" --checkpoint "$OUT/pretrain" --rollouts 32 --sampler warmk \
     --out "$OUT/simulate" --submission --render
 else
   echo "== 6. (../shared/data/womd not found: closed-loop rollouts on a synthetic scene instead)"
-  "$DT" simulate --checkpoint "$OUT/pretrain" --scenes "$OUT/shards" --max-scenes 1 --rollouts 32 \
+  "$DT" simulate "$OUT/shards" --checkpoint "$OUT/pretrain" --max-scenes 1 --rollouts 32 \
     --sampler warmk --out "$OUT/simulate" --render
 fi
 echo "== done: see $OUT/ (shards, vocab, pretrain checkpoints + metrics.jsonl, simulate/ rollouts, realism.json, PNGs)"
