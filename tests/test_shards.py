@@ -74,6 +74,24 @@ def test_verify_detects_tampering(store):
     assert store.verify() == [f"{path}: sha256 differs from the manifest"]
 
 
+def test_flipped_byte_is_an_error_not_altered_data(ray_local, store, scenes):
+    assert store.get("ee519cf571686d19").equals(scenes[1])  # verified once, then cached for this process
+    path = store.paths()[0]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x04  # inside a data page of the first scene's row group
+    path.write_bytes(bytes(data))
+    corrupt = f"{path}: shard is corrupted or was changed after ingest"
+    with pytest.raises(ShardError, match=corrupt):
+        store.get("ee519cf571686d19")
+    with pytest.raises(ShardError, match=corrupt):
+        list(ShardStore(store.directory))
+    with pytest.raises(ShardError, match=corrupt):
+        list(iter_scenes(path))  # a shard file named on its own is checked against the manifest beside it
+    with pytest.raises(Exception, match="shard is corrupted"):
+        store.to_ray_dataset().take_all()
+    assert read_shard(store.paths()[1], sha256=store.shards["shard-00001.parquet"]["sha256"])  # others still read
+
+
 def test_unknown_schema_version(tmp_path, scenes):
     table = scenes_to_table(scenes[:1])
     table = table.replace_schema_metadata({VERSION_KEY: b"99"})
