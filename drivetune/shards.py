@@ -282,11 +282,16 @@ class ShardStore:
     def __contains__(self, scenario_id: str) -> bool:
         return scenario_id in self._index
 
-    def get(self, scenario_id: str) -> Scene:
-        """The scene with this id (reads one row group of one shard)."""
+    def shard_of(self, scenario_id: str) -> str:
+        """The name of the shard file holding this scenario id."""
         name = self._index.get(scenario_id)
         if name is None:
             raise ShardError(f"{self.directory}: scenario {scenario_id!r} not in the manifest")
+        return name
+
+    def get(self, scenario_id: str) -> Scene:
+        """The scene with this id (reads one row group of one shard)."""
+        name = self.shard_of(scenario_id)
         found = read_shard(self.directory / name, [scenario_id], sha256=self.shards[name]["sha256"])
         if not found:
             raise ShardError(f"{self.directory / name}: scenario {scenario_id!r} listed in the manifest but missing")
