@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 from drivetune.scene import Scene
-from drivetune.shards import MANIFEST, ShardStore, read_shard
+from drivetune.shards import MANIFEST, ShardStore, listed_sha256, read_shard
 from drivetune.womd import read_scenes
 
 Spec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -102,6 +102,6 @@ def iter_scenes(spec: Spec) -> Iterator[Scene]:
         if path.is_dir():
             yield from ShardStore(path)
         elif path.suffix == ".parquet":
-            yield from read_shard(path)
+            yield from read_shard(path, sha256=listed_sha256(path))
         else:
             yield from read_scenes(path)
