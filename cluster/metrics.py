@@ -15,6 +15,20 @@ from typing import Any
 
 _BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]+")
 
+# What deploy/grafana/drivetune.json plots from the RL driver loop's `record` calls (key -> meaning); reward terms
+# are any keys under "reward/" (e.g. "reward/collision", "reward/realism_loo").
+DASHBOARD_KEYS = {
+    "kl": "k3 KL estimate to the frozen reference policy",
+    "collision_rate": "share of scored agents in a collision",
+    "offroad_rate": "share of scored agents off the road",
+    "red_light_rate": "share of scored agents running a red light",
+    "groups_per_s": "rollout groups consumed by the learner per second",
+    "version_lag": "policy versions between the learner and the rollouts it trains on",
+    "iteration": "RL iteration",
+    "learner_step_seconds": "seconds per learner update",
+}
+REWARD_PREFIX = "reward/"
+
 
 def metric_name(prefix: str, key: str) -> str:
     """`prefix` + `key` with every run of characters Prometheus does not allow replaced by one underscore
