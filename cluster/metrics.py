@@ -1,27 +1,67 @@
-"""Per-iteration scalars as Ray metrics (Prometheus, through each node's metrics agent): `drivetune_<key>` gauges."""
+"""Scalars of the training loops on the Ray dashboard / Prometheus: `RayMetrics` turns a dict of floats into
+`ray.util.metrics` Gauges named `drivetune_<key>` (Prometheus shows them as `ray_drivetune_<key>` on every node's
+metrics export port, about 10 s after the first value).
+
+    metrics = RayMetrics(tags={"run": "rft-001", "stage": "rft"})
+    metrics.record({"reward/collision": 0.12, "kl": 0.004, "groups_per_s": 3.5})
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Any
+
+_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]+")
+
+# What deploy/grafana/drivetune.json plots from the RL driver loop's `record` calls (key -> meaning); reward terms
+# are any keys under "reward/" (e.g. "reward/collision", "reward/realism_loo").
+DASHBOARD_KEYS = {
+    "kl": "k3 KL estimate to the frozen reference policy",
+    "collision_rate": "share of scored agents in a collision",
+    "offroad_rate": "share of scored agents off the road",
+    "red_light_rate": "share of scored agents running a red light",
+    "groups_per_s": "rollout groups consumed by the learner per second",
+    "version_lag": "policy versions between the learner and the rollouts it trains on",
+    "iteration": "RL iteration",
+    "learner_step_seconds": "seconds per learner update",
+}
+REWARD_PREFIX = "reward/"
+
+
+def metric_name(prefix: str, key: str) -> str:
+    """`prefix` + `key` with every run of characters Prometheus does not allow replaced by one underscore
+    ("reward/collision rate" -> "drivetune_reward_collision_rate")."""
+    name = _BAD_CHARS.sub("_", f"{prefix}{key}").strip("_")
+    if not name or name[0].isdigit():
+        raise ValueError(f"metric key {key!r} with prefix {prefix!r} gives no valid metric name")
+    return name
 
 
 class RayMetrics:
     """Scalars as ray.util.metrics Gauges named drivetune_<key> (sanitised), created lazily, tagged."""
 
     def __init__(self, prefix: str = "drivetune_", tags: dict[str, str] | None = None) -> None:
-        self.prefix, self.tags = prefix, dict(tags or {})
+        self.prefix = prefix
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self._gauges: dict[str, Any] = {}
+        self.skipped: dict[str, Any] = {}  # the last value of each key that was not a finite number
 
-    def record(self, values: dict[str, Any]) -> None:
-        """Set one gauge per finite numeric value (others are skipped)."""
-        from ray.util.metrics import Gauge
-
+    def record(self, values: dict[str, float]) -> None:
+        """Set one gauge per key; non-finite (NaN, inf) and non-numeric values are skipped (kept in `skipped`)."""
         for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                self.skipped[key] = value
                 continue
-            name = self.prefix + re.sub(r"[^a-zA-Z0-9_]", "_", key)
-            if name not in self._gauges:
-                self._gauges[name] = Gauge(name, description=f"drivetune {key}", tag_keys=tuple(self.tags))
-            self._gauges[name].set(float(value), tags=self.tags)
+            self._gauge(key).set(float(value), tags=self.tags)
+
+    def _gauge(self, key: str) -> Any:
+        name = metric_name(self.prefix, key)
+        gauge = self._gauges.get(name)
+        if gauge is None:
+            from ray.util.metrics import Gauge
+
+            gauge = Gauge(name, description=f"drivetune {key}", tag_keys=tuple(self.tags))
+            self._gauges[name] = gauge
+        return gauge

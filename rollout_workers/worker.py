@@ -67,11 +67,17 @@ class RolloutWorker:
         self.model = spec.build()
         self.vocab = spec.vocab.to_torch(spec.device)
         self.version = -1  # no weights yet
+        self._metrics = _WorkerMetrics.create()
 
     def set_weights(self, state: dict[str, np.ndarray] | PackedState, version: int) -> int:
         """Load a numpy state dict or a `PackedState` (read-only object-store views are fine) as policy `version`.
-        On CPU the worker keeps views of the arrays (zero-copy): do not modify them afterwards."""
-        _load_views(self.model, state.arrays() if isinstance(state, PackedState) else state)
+        On CPU the worker keeps views of the arrays (zero-copy): do not modify them afterwards. Weights that do not
+        fit raise CheckpointError and leave the previous version in place; a load that fails half-way (e.g. out of
+        device memory) leaves the worker without a version, so it refuses to generate."""
+        arrays = state.arrays() if isinstance(state, PackedState) else state
+        check_state_dict(self.model.state_dict(), arrays)
+        self.version = -1
+        _load_views(self.model, arrays)
         self.version = int(version)
         return self.version
 
@@ -93,13 +99,17 @@ class RolloutWorker:
                                     f"{expected_version}")
         if self.version < 0:
             raise StaleWeightsError(f"worker {os.getpid()} has no weights yet (call set_weights first)")
-        resolved = [_resolve(s) for s in scenes]
         t0 = time.perf_counter()
+        resolved = [_resolve(s) for s in scenes]
+        t_sim = time.perf_counter()
         outs = simulate(self.model, self.vocab, resolved, group_size, sampler, base_seed=seed,
                         policy_version=self.version, **options)
-        share = (time.perf_counter() - t0) / len(resolved)
+        share = (time.perf_counter() - t_sim) / len(resolved)
         sdc = options.get("sdc", "policy")
-        return [self._batch(scene, out, sampler, seed, sdc, share) for scene, out in zip(resolved, outs)]
+        batches = [self._batch(scene, out, sampler, seed, sdc, share) for scene, out in zip(resolved, outs)]
+        if self._metrics is not None:
+            self._metrics.task_done(len(batches), time.perf_counter() - t0)
+        return batches
 
     def _batch(self, scene: Scene, out: SceneRollouts, sampler: SamplerConfig, seed: int, sdc: str,
                rollout_seconds: float) -> RolloutBatch:
@@ -121,13 +131,43 @@ class RolloutWorker:
         )
 
 
+class _WorkerMetrics:
+    """The worker's own Prometheus series (`ray_drivetune_rollout_*`), tagged with its actor name: groups
+    generated, busy seconds (rate = utilisation) and the duration of the last task."""
+
+    def __init__(self, worker: str) -> None:
+        from ray.util.metrics import Counter, Gauge
+
+        keys = ("worker",)
+        self.tags = {"worker": worker}
+        self.groups = Counter("drivetune_rollout_groups", description="rollout groups generated", tag_keys=keys)
+        self.busy = Counter("drivetune_rollout_seconds", description="seconds spent generating", tag_keys=keys)
+        self.task = Gauge("drivetune_rollout_task_seconds", description="duration of the last rollout task",
+                          tag_keys=keys)
+
+    @classmethod
+    def create(cls) -> "_WorkerMetrics | None":
+        """Metrics when running as a Ray actor, None in a plain process (tests, in-process use)."""
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        ctx = ray.get_runtime_context()
+        if ctx.get_actor_id() is None:  # a driver, not an actor
+            return None
+        return cls(ctx.get_actor_name() or ctx.get_actor_id()[:12])
+
+    def task_done(self, groups: int, seconds: float) -> None:
+        self.groups.inc(groups, tags=self.tags)
+        self.busy.inc(seconds, tags=self.tags)
+        self.task.set(seconds, tags=self.tags)
+
+
 def _load_views(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
     """Point the model's parameters and buffers at the given arrays. On CPU this is zero-copy: the read-only
     object-store views become the tensors' storage (a rollout worker only reads its weights; every worker of the
-    node shares one copy). On other devices each array is copied once. Raises CheckpointError naming missing,
-    unexpected or mis-shaped entries."""
+    node shares one copy). On other devices each array is copied once. The caller checks the fit first."""
     state = model.state_dict(keep_vars=True)
-    check_state_dict(state, arrays)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for k, v in state.items():
