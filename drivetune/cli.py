@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vocab build": ("drivetune.tokenizer.cli", "build per-type motion vocabularies (k-disks)"),
     "train pretrain": ("cluster.pretrain", "behaviour-cloning pretraining on Ray Train"),
     "simulate": ("drivetune.simulate_cmd", "closed-loop rollouts of a checkpoint on scenes"),
+    "eval": ("drivetune.eval_cmd", "compare checkpoints on the same scenes: realism, bootstrap CIs, differences"),
 }
 
 
