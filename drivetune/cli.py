@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train pipeline": ("cluster.pipeline", "stages (pretrain, sft, rft, ...) in one run directory and Ray session"),
     "lineage": ("cluster.lineage", "the stage -> checkpoint -> parent -> reference chain of a run"),
     "plot": ("cluster.plot", "draw a run's metrics.jsonl curves to a PNG"),
+    "eval": ("drivetune.eval_cmd", "compare checkpoints on the same scenes: realism, bootstrap CIs, differences"),
 }
 
 # The one name and help text of a scene input, shared by every command that reads scenes.
