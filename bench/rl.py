@@ -26,10 +26,9 @@ import torch
 
 from cluster.rft import RFTConfig, train
 from drivetune.checkpoint import load_checkpoint, resolve_checkpoint
-from drivetune.closed_loop import simulate
 from drivetune.config import load_config
+from drivetune.evaluation import evaluate_policy
 from drivetune.ray_runtime import ray_session
-from drivetune.realism import mean_metrics, realism_metrics
 from drivetune.samplers import SamplerConfig
 from drivetune.sources import iter_scenes
 
@@ -49,12 +48,7 @@ def rl_config(algo: str, bc: str, shards: str, run_dir: Path, *overrides: str) -
 def score(checkpoint: str, scenes: list, rollouts: int, sampler: SamplerConfig, seed: int) -> dict[str, float]:
     """Mean official fields over scenes of `rollouts` closed-loop rollouts per scene."""
     model, _ = load_checkpoint(resolve_checkpoint(checkpoint))
-    vocab = model.vocab.to_torch()
-    rows = []
-    for scene in scenes:
-        (out,) = simulate(model, vocab, [scene], rollouts, sampler, base_seed=seed)
-        rows += realism_metrics(scene, out.realism_rollouts())
-    mean = mean_metrics(rows)
+    mean = evaluate_policy(model, None, scenes, rollouts, sampler, seed)["mean"]
     return {name: float(mean[key]) for name, key in FIELDS.items()}
 
 

@@ -232,26 +232,21 @@ def drop_metrics_after(run: Any, iteration: int) -> None:
 
 
 def evaluate(weights: dict[str, np.ndarray], spec: PolicySpec, sampler: SceneSampler, cfg: RFTConfig) -> dict:
-    """Held-out realism of the current policy: the same scenes, seeds and sampler at every evaluation."""
+    """Held-out realism of the current policy (`drivetune.evaluation.evaluate_policy`): the same scenes, seeds and
+    sampler at every evaluation."""
     from drivetune.checkpoint import load_numpy_state_dict
-    from drivetune.closed_loop import simulate
-    from drivetune.realism import mean_metrics, realism_metrics
+    from drivetune.evaluation import evaluate_policy
 
     scenes = sampler.evaluation(cfg.eval_scenes)
     if not scenes:
         return {}
     model = spec.build()
     load_numpy_state_dict(model, weights)
-    vocab = spec.vocab.to_torch(spec.device)
-    rows = []
-    for scene in scenes:
-        (out,) = simulate(model, vocab, [scene], cfg.eval_rollouts, cfg.sampler, base_seed=10_000 + cfg.seed,
-                          sdc=cfg.sdc)
-        rows += realism_metrics(scene, out.realism_rollouts(), device=spec.device)
-    mean = mean_metrics(rows)
+    result = evaluate_policy(model, None, scenes, cfg.eval_rollouts, cfg.sampler, seed=10_000 + cfg.seed,
+                             device=spec.device, sdc=cfg.sdc)
     keep = ("metametric", "simulated_collision_rate", "simulated_offroad_rate",
             "simulated_traffic_light_violation_rate", "min_average_displacement_error")
-    return {f"eval_{k}": float(mean[k]) for k in keep}
+    return {f"eval_{k}": float(result["mean"][k]) for k in keep}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cluster.plot import plot_run
 from cluster.rft import RFTConfig, check_resources, train
 from drivetune.checkpoint import read_meta, save_checkpoint
 from drivetune.config import ConfigError, load_config
@@ -62,6 +63,8 @@ def test_rft_runs_two_iterations(ray_local, data, tmp_path, algo):
     assert meta["stage"] == "rft" and meta["policy_version"] == 2 and meta["iteration"] == 2
     assert meta["reference"]["path"] == str(data / "bc") and meta["parent"] == str(run.checkpoint_path(1))
     assert len(meta["weights_sha256"]) == 64 and meta["weights_sha256"] != meta["reference"]["weights_sha256"]
+    png = plot_run(run.root)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ grow, across stages too: a stage starts at its init checkpoint's `policy_version
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -63,16 +62,6 @@ class LearnerConfig:
         return self
 
 
-def weights_sha256(state: dict[str, np.ndarray]) -> str:
-    """Content hash of a numpy state dict (names, dtypes, shapes and bytes, in name order)."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        arr = np.ascontiguousarray(state[name])
-        h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
 class Learner:
     """Policy + frozen reference + optimizer. Construct from a checkpoint; `restore` continues a saved run."""
 
@@ -89,7 +78,7 @@ class Learner:
         self.vocab = self.policy.vocab.to_torch(cfg.device)
         self.version = int(meta.get("policy_version", 0))
         self.reference_info = {"path": self.init_path, "policy_version": self.version,
-                               "weights_sha256": weights_sha256(state_dict_to_numpy(self.reference))}
+                               "weights_sha256": meta.get("weights_sha256")}
         self.alpha: float | None = None if algo.alpha == "auto" else float(algo.alpha)
         self.iteration = 0
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr,
@@ -112,8 +101,7 @@ class Learner:
         state = {"optimizer": self.optimizer.state_dict(), "iteration": self.iteration, "version": self.version,
                  "alpha": self.alpha}
         meta = {"stage": stage, "iteration": self.iteration, "policy_version": self.version,
-                "reference": self.reference_info, "init": self.init_path, "alpha": self.alpha,
-                "weights_sha256": weights_sha256(self._weights)}
+                "reference": self.reference_info, "init": self.init_path, "alpha": self.alpha}
         return str(RunDirectory(run_dir).save(self.policy, self.iteration, state, metrics=metrics, extra_meta=meta,
                                               keep_last=keep_last))
 
