@@ -103,29 +103,31 @@ class RFTConfig:
 
 
 class SceneSampler:
-    """Training and held-out scenario ids of a shard store (split by scenario-id hash, like pretraining); the
-    training ids are cut to `fraction` (a stable subset); iteration i draws its scenes from seed (seed, i)."""
+    """Training and held-out scenes of a shard store (`drivetune.scene_sampling`: the held-out split by scenario-id
+    hash is pretraining's; `fraction` keeps a stable subset of the training split); iteration i draws its scenes
+    with seed (seed, i)."""
 
     def __init__(self, shards: str, fraction: float, eval_fraction: float) -> None:
-        from cluster.pretrain import is_eval_scene
+        from drivetune.scene_sampling import split_ids, split_predicate
         from drivetune.shards import ShardStore
 
-        self.store = ShardStore(shards)
+        self.store, self.fraction, self.eval_fraction = ShardStore(shards), fraction, eval_fraction
         ids = sorted(self.store.scenario_ids())
-        held = [i for i in ids if is_eval_scene(i, eval_fraction)]
-        train = [i for i in ids if not is_eval_scene(i, eval_fraction)]
-        if not train:
-            raise ConfigError(f"{shards}: no training scenes (of {len(ids)}) at eval_fraction {eval_fraction}")
-        self.train = train[: max(1, round(len(train) * fraction))]
-        self.held_out = held
-        if not held:
+        keep = split_predicate("train", eval_fraction, fraction)
+        self.num_train = sum(1 for i in ids if keep(i))
+        if not self.num_train:
+            raise ConfigError(f"{shards}: no training scenes (of {len(ids)}) at eval_fraction {eval_fraction}, "
+                              f"fraction {fraction}")
+        self.held_out = split_ids(ids, eval_fraction)[1]
+        if not self.held_out:
             log.warning("%s: no held-out scenes at eval_fraction %g: periodic evaluation is skipped", shards,
                         eval_fraction)
 
     def draw(self, n: int, seed: int, iteration: int) -> list:
-        rng = np.random.default_rng([seed, iteration])
-        picks = rng.choice(len(self.train), size=min(n, len(self.train)), replace=False)
-        return [self.store.get(self.train[i]) for i in sorted(picks)]
+        from drivetune.scene_sampling import sample_scenes
+
+        return sample_scenes(self.store, min(n, self.num_train), seed=seed * 1_000_003 + iteration,
+                             fraction=self.fraction, eval_fraction=self.eval_fraction)
 
     def evaluation(self, n: int) -> list:
         return [self.store.get(i) for i in self.held_out[:n]]
