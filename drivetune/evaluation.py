@@ -1,4 +1,4 @@
-"""Held-out evaluation of behaviour policies on fixed scenes: realism per scene, bootstrap intervals, paired differences.
+"""Held-out evaluation of behaviour policies on fixed scenes: realism per scene, bootstrap CIs, paired differences.
 
 Every policy (an in-memory model or a checkpoint) is rolled out with `drivetune.closed_loop.simulate` on the same
 scenes, with the same sampler, base seed and policy version (0 by default: the rollouts of every policy use the same
@@ -260,8 +260,8 @@ def evaluate_checkpoints(
     return {
         "format": EVAL_FORMAT,
         "settings": {"scenario_ids": [s.scenario_id for s in scenes], "rollouts": rollouts,
-                     "sampler": sampler.to_dict(), "seed": seed, "policy_version": EVAL_POLICY_VERSION, "sdc": sdc, "config": config,
-                     "batch_scenes": batch_scenes, "device": device,
+                     "sampler": sampler.to_dict(), "seed": seed, "policy_version": EVAL_POLICY_VERSION, "sdc": sdc,
+                     "config": config, "batch_scenes": batch_scenes, "device": device,
                      "bootstrap": {"method": "percentile", "resamples": boot.resamples, "level": boot.level,
                                    "seed": boot.seed}},
         "metrics": list(METRICS),
