@@ -18,15 +18,18 @@ import itertools
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from drivetune.realism.config import BUCKETS
 from drivetune.realism.metrics import METRIC_FIELDS
 from drivetune.samplers import SamplerConfig
 from drivetune.scene import Scene
+
+if TYPE_CHECKING:
+    from drivetune.model import BehaviorModel
+    from drivetune.tokenizer import TorchVocab
 
 EVAL_FORMAT = "drivetune-eval-v1"
 EVAL_POLICY_VERSION = 0  # the seed component every evaluated policy shares (common random numbers)
@@ -143,8 +146,8 @@ def parse_sampler_grid(text: str, base: SamplerConfig) -> list[SamplerConfig]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def evaluate_policy(
-    model: torch.nn.Module,
-    vocab,
+    model: BehaviorModel,
+    vocab: TorchVocab | None,
     scenes: Sequence[Scene],
     rollouts: int,
     sampler: SamplerConfig,
