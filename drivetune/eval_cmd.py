@@ -1,4 +1,4 @@
-"""`drivetune eval --checkpoints A B ... --scenes SPEC... --rollouts 32 --out DIR`: compare checkpoints on held-out scenes.
+"""`drivetune eval --checkpoints A B ... --scenes SPEC... --rollouts 32 --out DIR`: checkpoints on held-out scenes.
 
 Every checkpoint is rolled out on the same scenes with the same sampler and seeds (`drivetune.evaluation`) and scored
 with the WOSAC realism metric. Writes under DIR:

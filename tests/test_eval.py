@@ -1,4 +1,4 @@
-"""`drivetune eval` / drivetune.evaluation on a toy case: two random-weight micro checkpoints, three scenes, 2 rollouts."""
+"""`drivetune eval` / drivetune.evaluation on a toy case: two random-weight micro checkpoints, 3 scenes, 2 rollouts."""
 
 from __future__ import annotations
 
@@ -95,10 +95,11 @@ def test_bootstrap_matches_the_normal_interval_on_a_large_sample():
     values = rng.normal(2.0, 1.5, size=400)
     boot = BootstrapConfig(resamples=4000, level=0.95, seed=0)
     lo, hi = bootstrap_ci(values, boot)
-    assert bootstrap_ci(values, boot) == (lo, hi) and bootstrap_ci(values, dataclasses.replace(boot, seed=1)) != (lo, hi)
+    assert bootstrap_ci(values, boot) == (lo, hi)  # reproducible with the seed, another seed moves it
+    assert bootstrap_ci(values, dataclasses.replace(boot, seed=1)) != (lo, hi)
     half = 1.959964 * values.std(ddof=1) / np.sqrt(len(values))
-    assert lo == pytest.approx(values.mean() - half, abs=0.1 * half)
-    assert hi == pytest.approx(values.mean() + half, abs=0.1 * half)
+    assert lo == pytest.approx(values.mean() - half, abs=0.05 * half)
+    assert hi == pytest.approx(values.mean() + half, abs=0.05 * half)
     assert bootstrap_ci(values[:1], BootstrapConfig(resamples=10)) == (values[0], values[0])  # one scene: the point
 
 
