@@ -1,4 +1,4 @@
-"""`drivetune eval --checkpoints A B ... --scenes SPEC... --rollouts 32 --out DIR`: compare checkpoints on held-out scenes.
+"""`drivetune eval SCENES... --checkpoints A B ... --rollouts 32 --out DIR`: compare checkpoints on held-out scenes.
 
 Every checkpoint is rolled out on the same scenes with the same sampler and seeds (`drivetune.evaluation`) and scored
 with the WOSAC realism metric. Writes under DIR:
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from drivetune.atomic import atomic_path, atomic_write_bytes
-from drivetune.samplers import SAMPLERS, SamplerConfig
+from drivetune.cli import add_scenes_argument
+from drivetune.simulate_cmd import SAMPLER_KINDS  # torch-free, so --help stays fast
 
 # (field, short column name) of the headline tables and charts.
 COLUMNS = (
@@ -32,11 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", nargs="+", required=True,
                         help="checkpoint directories or training run directories (their latest checkpoint); "
                              "differences are taken to the first")
-    parser.add_argument("--scenes", nargs="+", required=True,
-                        help="TFRecord files, directories, globs or Parquet shard directories")
+    add_scenes_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (WOSAC: 32)")
-    parser.add_argument("--sampler", default="warmk", choices=SAMPLERS)
+    parser.add_argument("--sampler", default="warmk", choices=SAMPLER_KINDS, help="token sampler (docs/samplers.md)")
     parser.add_argument("--k", type=int, default=32, help="top-K size")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-K and Warm-K)")
     parser.add_argument("--warm-lambda", type=float, default=1.0, help="Warm-K lambda (logits per metre)")
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the others from --sampler ...)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples over scenes")
     parser.add_argument("--ci-level", type=float, default=0.95, help="confidence level of the intervals")
-    parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--render", default=None, metavar="SCENARIO_ID",
                         help="scene drawn side by side, first vs last checkpoint (default: the first scene)")
     parser.add_argument("--no-render", action="store_true", help="skip the rendering")
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from drivetune.checkpoint import CheckpointError, resolve_checkpoint
     from drivetune.evaluation import BootstrapConfig, evaluate_checkpoints, load_eval_scenes, parse_sampler_grid
+    from drivetune.samplers import SamplerConfig
 
     sampler = SamplerConfig(kind=args.sampler, k=args.k, temperature=args.temperature, warm_lambda=args.warm_lambda)
     try:
