@@ -3,7 +3,8 @@
 A command module exposes `add_arguments(parser)` and `run(args) -> int`, and imports nothing heavy (torch, ray) at
 module level, so `--help` stays fast. Every failure is reported as `drivetune COMMAND: error: ...`: exit 2 for bad
 arguments or input (argparse errors, and any ValueError / OSError a command raises), 1 for work that failed (a command
-returns 1), 130 for Ctrl-C, 141 when the reader of stdout went away (`drivetune -h | head`).
+returns 1, or raised anything else: its traceback only with --verbose), 130 for Ctrl-C, 141 when the reader of stdout
+went away (`drivetune -h | head`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import difflib
 import importlib
 import os
 import sys
+import traceback
 from importlib import metadata
 
 from drivetune.ray_runtime import VERBOSE_ENV  # --verbose sets it: Ray's start-up logs then reach the terminal
@@ -154,6 +156,12 @@ def _dispatch(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"drivetune {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # work that failed (e.g. Ray could not start): a message, the traceback with --verbose
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else " (--verbose shows the traceback)"
+        print(f"drivetune {name}: error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

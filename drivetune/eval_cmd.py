@@ -19,6 +19,7 @@ from pathlib import Path
 
 from drivetune.atomic import atomic_path, atomic_write_bytes
 from drivetune.cli import add_scenes_argument
+from drivetune.progress import progress
 from drivetune.simulate_cmd import SAMPLER_KINDS  # torch-free, so --help stays fast
 
 # (field, short column name) of the headline tables and charts.
@@ -61,7 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from drivetune.checkpoint import CheckpointError, resolve_checkpoint
     from drivetune.evaluation import BootstrapConfig, evaluate_checkpoints, load_eval_scenes, parse_sampler_grid
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     total = len(args.checkpoints) * (1 + len(grid)) * len(scenes)
-    with tqdm(total=total, desc="eval", unit="scene", file=sys.stderr) as bar:
+    with progress(total, "eval", "scene") as bar:  # a bar on a terminal, plain lines in a log
         try:
             result = evaluate_checkpoints(
                 args.checkpoints, scenes, args.rollouts, sampler, args.seed, batch_scenes=args.batch_scenes,

@@ -191,6 +191,20 @@ def test_config_file_that_is_not_yaml(tmp_path, capsys):
     assert code == 2 and f"{bad}: not valid YAML" in err
 
 
+def test_failed_work_exits_1_with_the_traceback_only_when_verbose(monkeypatch, womd_637, capsys):
+    from drivetune import inspect_cmd
+
+    def boom(args):
+        raise RuntimeError("the raylet did not start")
+
+    monkeypatch.setattr(inspect_cmd, "run", boom)
+    monkeypatch.setenv("DRIVETUNE_VERBOSE", "")  # --verbose sets it; restored after the test
+    code, _, err = _run(["inspect", str(womd_637)], capsys)
+    assert code == 1 and "drivetune inspect: error: RuntimeError: the raylet did not start" in err
+    assert main(["inspect", str(womd_637), "--verbose"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
 def test_unknown_command_and_version():
     bad = _cli("bogus")
     assert bad.returncode == 2 and "drivetune: error: unknown command 'bogus'" in bad.stderr
