@@ -166,6 +166,14 @@ def test_simulate_bad_device_and_out(checkpoint, womd_637, tmp_path, capsys):
     assert code == 2 and "exists and is not a directory" in err
 
 
+def test_simulate_takes_several_scene_sources(checkpoint, womd_637, womd_ee5, tmp_path, capsys):
+    out = tmp_path / "sim"
+    code, _, err = _run(["simulate", str(womd_637), str(womd_ee5), "--checkpoint", str(checkpoint), "--out", str(out),
+                         "--rollouts", "1", "--k", "4"], capsys)
+    assert code == 0 and "\r" not in err
+    assert sorted(p.name for p in (out / "rollouts").iterdir()) == ["637f20cafde22ff8.npz", "ee519cf571686d19.npz"]
+
+
 def test_realism_bad_device(womd_637, tmp_path, capsys):
     code, _, err = _run(["realism", str(womd_637), str(tmp_path / "x.npz"), "--device", "bogus"], capsys)
     assert code == 2 and "drivetune realism: error: --device 'bogus' is not a torch device" in err
