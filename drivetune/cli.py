@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("drivetune.ingest", "WOMD Scenario TFRecords -> Parquet shards (parallel on Ray, resumable)"),
     "inspect": ("drivetune.inspect_cmd", "summarise scenarios in TFRecords or shards"),
     "synth": ("drivetune.synth.cli", "generate synthetic WOMD-format scenarios"),
-    "render": ("drivetune.render", "draw a scenario (and rollouts) to PNG"),
+    "render": ("drivetune.render", "draw a scenario (and rollouts) to PNG, JPEG, SVG or PDF"),
     "realism": ("drivetune.realism_cmd", "WOSAC realism metrics of a rollout set"),
     "vocab build": ("drivetune.vocab_cmd", "build per-type motion vocabularies (k-disks)"),
     "train pretrain": ("cluster.pretrain", "behaviour-cloning pretraining on Ray Train"),
@@ -106,10 +106,11 @@ def _unknown(argv: list[str]) -> str:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows `(default: X)` where there is a meaningful default (not for flags, unset options or required ones)."""
+    """Shows `(default: X)` where there is a meaningful default (not for flags, unset options, required ones, or
+    where the help text already speaks of its default)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, argparse.SUPPRESS) or action.required or "%(default)" in (action.help or ""):
+        if action.default in (None, False, argparse.SUPPRESS) or action.required or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

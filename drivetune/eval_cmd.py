@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from drivetune.atomic import atomic_path, atomic_write_bytes
-from drivetune.cli import add_scenes_argument
+from drivetune.cli import add_scenes_argument, check_device
 from drivetune.progress import progress
 from drivetune.simulate_cmd import SAMPLER_KINDS  # torch-free, so --help stays fast
 
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario-id", action="append", default=None, help="only these scenarios (repeatable)")
     parser.add_argument("--max-scenes", type=int, default=None, help="at most this many scenes (in spec order)")
     parser.add_argument("--batch-scenes", type=int, default=1, help="scenes simulated and scored together")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--config", default="2025", choices=("2025", "2024"), help="realism metric config")
     parser.add_argument("--sampler-grid", default=None,
                         help="test-time sampler table, e.g. 'k=8,32 warm_lambda=0,1,4' (fields of the sampler; "
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from drivetune.evaluation import BootstrapConfig, evaluate_checkpoints, load_eval_scenes, parse_sampler_grid
     from drivetune.samplers import SamplerConfig
 
+    check_device(args.device)
     sampler = SamplerConfig(kind=args.sampler, k=args.k, temperature=args.temperature, warm_lambda=args.warm_lambda)
     try:
         sampler.validate()

@@ -267,6 +267,10 @@ def test_scene_inputs_have_one_name_and_every_option_is_documented():
         parser = build_parser(name)
         undocumented = [a.dest for a in parser._actions if not a.help]
         assert not undocumented, f"{name}: options without help {undocumented}"
+        helps = {a.dest: parser._get_formatter()._get_help_string(a) for a in parser._actions}
+        hidden = [a.dest for a in parser._actions if a.default not in (None, False, "==SUPPRESS==")
+                  and not a.required and "default" not in helps[a.dest]]
+        assert not hidden, f"{name}: defaults not shown in --help for {hidden}"
         positional = {a.metavar for a in parser._actions if not a.option_strings}
         assert ("SCENES" in positional) == (name in SCENE_COMMANDS), name
         assert "--shards" not in parser.format_help(), name  # one meaning per option name
