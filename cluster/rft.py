@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config, to_dict
 from drivetune.ray_runtime import ray_session, set_process_env
 from drivetune.samplers import SamplerConfig
@@ -271,15 +272,13 @@ def run_stage(args: argparse.Namespace, sft: bool) -> int:
         if (cfg.algo.name == "sft") != sft:
             raise ConfigError(f"{args.config}: algo.name {cfg.algo.name!r} does not fit `drivetune train "
                               f"{'sft' if sft else 'rft'}` (use `train sft` for algo.name: sft, `train rft` otherwise)")
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
+        raise CommandError(str(exc)) from None
     try:
         with ray_session(args.address or os.environ.get("RAY_ADDRESS")):
             records = train(cfg, progress=not args.no_progress)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
+        raise CommandError(str(exc)) from None
     last = records[-1] if records else {}
     log.info("done: %d iterations this run; last reward %.4f; run dir %s", len(records), last.get("reward", 0.0),
              cfg.run_dir)

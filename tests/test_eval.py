@@ -153,7 +153,7 @@ def test_load_eval_scenes(womd_637, womd_ee5, tmp_path):
 def test_cli_writes_json_markdown_charts_and_rendering(toy, womd_637, womd_ee5, tmp_path, capsys):
     _, paths, _ = toy
     out = tmp_path / "eval"
-    argv = ["eval", "--checkpoints", *paths, "--scenes", str(womd_637), str(womd_ee5), "--rollouts", "2",
+    argv = ["eval", str(womd_637), str(womd_ee5), "--checkpoints", *paths, "--rollouts", "2",
             "--sampler", "topk", "--k", "8", "--scenario-id", "637f20cafde22ff8", "--bootstrap", "100",
             "--sampler-grid", "k=4,8", "--out", str(out)]
     assert cli_main(argv) == 0
@@ -176,6 +176,6 @@ def test_cli_writes_json_markdown_charts_and_rendering(toy, womd_637, womd_ee5, 
     for bad, msg in ((["--checkpoints", str(tmp_path / "none")], "neither a checkpoint"),
                      (["--sampler-grid", "lambda=1"], "unknown key"), (["--render", "nope"], "not among"),
                      (["--rollouts", "0"], "must be >= 1")):
-        args = ["eval", "--checkpoints", paths[0], "--scenes", str(womd_637), "--out", str(tmp_path / "x"), *bad]
+        args = ["eval", str(womd_637), "--checkpoints", paths[0], "--out", str(tmp_path / "x"), *bad]
         assert cli_main(args) == 2
         assert msg in capsys.readouterr().err
