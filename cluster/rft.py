@@ -148,7 +148,7 @@ def check_resources(cfg: RFTConfig, resources: dict[str, float]) -> None:
 def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) RL post-training on the connected Ray cluster; returns this call's metric records."""
     import ray
-    from tqdm import tqdm
+    from drivetune.progress import progress as progress_bar
 
     from cluster.metrics import RayMetrics
     from trainer.checkpoints import RunDirectory
@@ -182,12 +182,12 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
                                                         + iteration, sdc=cfg.sdc)}
         return scenes, [got[s.scenario_id] for s in scenes], t_b, time.perf_counter() - t0
 
-    bar = tqdm(range(start, cfg.max_iters), desc=f"{cfg.stage} ({cfg.algo.name})", disable=not progress,
-               initial=start, total=cfg.max_iters, unit="iter")
+    bar = progress_bar(cfg.max_iters, f"{cfg.stage} ({cfg.algo.name})", unit="iter", enabled=progress)
+    bar.update(start)
     try:
         pending = rollouts(start) if start < cfg.max_iters else None
         t_start = time.perf_counter()
-        for it in bar:
+        for it in range(start, cfg.max_iters):
             t_iter = time.perf_counter()
             scenes, batches, t_broadcast, t_rollout = pending
             update = learner.update.remote(batches, [ray.put(s) for s in scenes])
@@ -212,11 +212,16 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
             records.append(record)
             shown = {"reward": "reward", "nll": "sft_nll", "coll": "collision_rate", "off": "offroad_rate",
                      "kl": "kl_k3"}
-            bar.set_postfix({k: f"{stats[v]:.3f}" for k, v in shown.items() if v in stats})
+            summary = {k: f"{stats[v]:.3f}" for k, v in shown.items() if v in stats}
+            log.debug("iteration %d: %s", it + 1, summary)
+            bar.update(1)
+            if hasattr(bar, "set_postfix"):  # tqdm on a terminal; plain timestamped lines in logs
+                bar.set_postfix(summary)
             if over_budget:
                 log.info("max_minutes=%g reached after iteration %d", cfg.max_minutes, it + 1)
                 break
     finally:
+        bar.close()
         pool.shutdown()
         ray.kill(learner)
     return records
