@@ -75,7 +75,7 @@ def test_pretraining_learns_beyond_repeat_last_on_held_out_scenes(ray_local, tmp
         f"run_dir={tmp_path / 'run'}", f"data.shards={tmp_path / 'shards'}",
         f"data.vocab={tmp_path / 'vocab.safetensors'}", "num_workers=1", "cpus_per_worker=1", "batch_size=4",
         "max_steps=80", "log_every=40", "checkpoint_every=80", "data.eval_fraction=0.25", "eval_scenes=8",
-        "eval_rollouts=1", "optim.lr=3e-3", "optim.warmup_steps=5", "data.shuffle_buffer=8"]).validate()
+        "eval_rollouts=1", "optim.lr=0.003", "optim.warmup_steps=5", "data.shuffle_buffer=8"]).validate()
     result = fit(cfg)
     assert result.error is None
     m = result.metrics
