@@ -24,7 +24,7 @@ from pathlib import Path
 
 from drivetune.ingest import ingest
 from drivetune.ray_runtime import ray_session
-from drivetune.shards import ShardStore, write_manifest, write_shards
+from drivetune.shards import ShardStore, file_sha256, read_shard, write_manifest, write_shards
 from drivetune.sources import iter_scenes
 from drivetune.tfrecord import read_records, write_records
 
@@ -59,6 +59,27 @@ def manifest_costs(store: ShardStore, scratch: Path) -> None:
           f"journal + 2 writes {ours:.3f} s | ratio {per_shard / ours:.1f}x")
 
 
+def verify_costs(store: ShardStore) -> None:
+    """What checking a shard's sha256 on open costs next to reading it (all scenes, or one scene by id)."""
+    paths = store.paths()
+    sha = read = one = 0.0
+    c0 = time.process_time()
+    for path in paths:
+        t0 = time.perf_counter()
+        file_sha256(path)
+        t1 = time.perf_counter()
+        scenes = read_shard(path)
+        t2 = time.perf_counter()
+        read_shard(path, [scenes[-1].scenario_id])
+        sha, read, one = sha + t1 - t0, read + t2 - t1, one + time.perf_counter() - t2
+    n = len(paths)
+    mb = sum(p.stat().st_size for p in paths) / n / 1e6
+    print(f"verify on open, per shard ({mb:.1f} MB, {len(store) / n:.0f} scenes): sha256 {sha / n * 1e3:.1f} ms | "
+          f"read all scenes {read / n * 1e3:.1f} ms (+{sha / read * 100:.0f} %) | read one scene by id "
+          f"{one / n * 1e3:.1f} ms (+{sha / one * 100:.0f} % on a shard's first read in a process); "
+          f"CPU {time.process_time() - c0:.1f} s for all")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=64)
@@ -66,6 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per configuration (best is reported)")
     ap.add_argument("--src", default=None, help="a directory of TFRecords to ingest instead of replicated WOMD samples")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--keep", default=None, help="keep the last ingested shard directory here (e.g. for bench/train)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dt_bench_ingest_"))
@@ -105,6 +127,9 @@ def main() -> None:
         for name, rate, start in rows:
             print(f"{name:<34} {rate:9.1f} {rate / seq:11.2f}x {'' if start is None else f'{start:.1f}':>12}")
         manifest_costs(ShardStore(work / f"ray{args.workers[-1]}_0"), work / "manifests")
+        verify_costs(ShardStore(work / f"ray{args.workers[-1]}_0"))
+        if args.keep:
+            shutil.move(work / f"ray{args.workers[-1]}_0", args.keep)
         print(f"sequential CPU time {cpu_ms:.0f} ms/scene (= {1e3 / cpu_ms:.1f} scenes/s per uncontended core); "
               f"load average now {os.getloadavg()[0]:.2f}")  # fmt: skip
     finally:
