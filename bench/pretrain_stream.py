@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,7 +112,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dt_bench_stream_"))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; micro model, batch {args.batch_size}")
     rows = []
-    with ray_session(num_cpus=2, dashboard=True):
+    with ray_session(num_cpus=2, dashboard=True, log_to_driver=False):
         for n in args.scenes:
             store = work / f"n{n}"
             n = subset_store(src, n, store)
@@ -131,6 +132,7 @@ def main() -> None:
               f"{s['scenes_per_s']:>12.2f} {b['scenes_per_s']:>14.2f} "
               f"{b['tokenize_s']:>17.0f} ({b['tokenize_cpu_s']:.0f})")
     print(f"load average now {os.getloadavg()[0]:.1f}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
