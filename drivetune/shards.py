@@ -6,7 +6,10 @@ list column per Scene array (C order). Multi-dimensional arrays get their shape 
 by id touches one row group. The Parquet key-value metadata holds `drivetune.schema_version`.
 
 `manifest.json`: {"schema_version": 1, "shards": {file name: {"scenario_ids", "num_rows", "sha256", ...}}}; extra
-keys per shard (ingest's input fingerprint and errors) are kept as given.
+keys per shard (ingest's input fingerprint and errors) are kept as given. Every read through a `ShardStore` (and of
+a shard file beside its manifest) first checks the file's sha256 against the manifest (`verify_shard`, once per
+process while the file is unchanged): a corrupted shard raises ShardError naming the file instead of reading back
+altered data.
 """
 
 from __future__ import annotations

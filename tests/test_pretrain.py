@@ -13,7 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from model_helpers import grid_vocab  # noqa: E402
 
 from cluster.pretrain import PretrainConfig, check_resources, fit  # noqa: E402
-from cluster.pretrain_loop import lr_lambda  # noqa: E402
+from cluster.pretrain_loop import lr_lambda, min_ade  # noqa: E402
+from drivetune.closed_loop import SceneRollouts  # noqa: E402
+from drivetune.model.batch import select_agents  # noqa: E402
 from drivetune.checkpoint import load_checkpoint  # noqa: E402
 from drivetune.config import ConfigError, load_config  # noqa: E402
 from drivetune.shards import write_shards  # noqa: E402
@@ -40,6 +42,7 @@ def _config(data_dir: Path, run_dir: Path, *overrides: str) -> PretrainConfig:
     return load_config(PretrainConfig, REPO / "configs" / "pretrain_micro.yaml", base + list(overrides)).validate()
 
 
+@pytest.mark.slow
 def test_ddp_pretrain_then_resume_continues_the_run(ray_local, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = fit(_config(data_dir, run_dir, "max_steps=4"))
@@ -75,7 +78,7 @@ def test_pretraining_learns_beyond_repeat_last_on_held_out_scenes(ray_local, tmp
         f"run_dir={tmp_path / 'run'}", f"data.shards={tmp_path / 'shards'}",
         f"data.vocab={tmp_path / 'vocab.safetensors'}", "num_workers=1", "cpus_per_worker=1", "batch_size=4",
         "max_steps=80", "log_every=40", "checkpoint_every=80", "data.eval_fraction=0.25", "eval_scenes=8",
-        "eval_rollouts=1", "optim.lr=3e-3", "optim.warmup_steps=5", "data.shuffle_buffer=8"]).validate()
+        "eval_rollouts=1", "optim.lr=0.003", "optim.warmup_steps=5", "data.shuffle_buffer=8"]).validate()
     result = fit(cfg)
     assert result.error is None
     m = result.metrics
@@ -99,3 +102,17 @@ def test_resource_request_larger_than_cluster_is_refused(data_dir, tmp_path):
 def test_lr_schedule():
     f = lr_lambda(warmup=2, max_steps=10, min_ratio=0.1)
     assert f(0) == 0.5 and f(2) == pytest.approx(1.0) and f(10) == pytest.approx(0.1)
+
+
+def test_min_ade_against_the_log(womd_637):
+    scene = load_scene(womd_637)
+    agents = select_agents(scene)
+    cur, G, A = scene.current_time_index, 3, len(agents)
+    logged = scene.states[agents, cur + 1:cur + 81]
+    x = np.repeat(logged[None, ..., 0], G, 0) + np.array([2.0, 1.0, 3.0])[:, None, None]  # rollout 1 is 1 m off
+    z = np.zeros((G, A, 16))
+    out = SceneRollouts(scene.scenario_id, scene.track_ids[agents], agents, np.arange(G), np.arange(G), z, z, z,
+                        z > 0, np.zeros((G, A, 17, 3)), x, np.repeat(logged[None, ..., 1], G, 0), x * 0, x * 0)
+    total, n = min_ade(out, scene)
+    assert n == int(scene.valid[agents, cur + 1:cur + 81].any(1).sum()) and n > 0
+    assert total / n == pytest.approx(1.0)
