@@ -5,16 +5,24 @@ the first group. Writes the groups to OUT.npz and prints a JSON report as the la
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import ray
-from ray.cluster_utils import Cluster
+# Everything Ray writes by default under /tmp/ray (the "current cluster" address file too) goes to a private dir.
+PRIVATE = tempfile.mkdtemp(prefix="dt_nl_", dir="/tmp")  # short: Ray's socket path length limit
+os.environ["RAY_TMPDIR"] = PRIVATE
+os.makedirs(os.path.join(PRIVATE, "ray"))
 
-from rollout_helpers import COMPARED, GROUP, SAMPLER, SEED, micro_policy
-from rollout_workers import PoolConfig, RolloutPool, RolloutWorker
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from ray_head import free_ports  # noqa: E402
+from rollout_helpers import COMPARED, GROUP, SAMPLER, SEED, micro_policy  # noqa: E402
+from rollout_workers import PoolConfig, RolloutPool, RolloutWorker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WOMD = REPO.parent / "shared" / "data" / "womd"
@@ -28,10 +36,11 @@ class NodeWorker(RolloutWorker):
 def main(out: str) -> None:
     scenes, weights, spec = micro_policy([WOMD / "motion_data_one_scenario.tfrecord",
                                           WOMD / "womd_scenario_input.tfrecord"])
-    temp_dir = tempfile.mkdtemp(prefix="dt_nl_", dir="/tmp")  # short: Ray's socket path length limit
-    node_args = {"num_cpus": 1, "temp_dir": temp_dir, "object_store_memory": 200 * 1024 * 1024}
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
-    second = cluster.add_node(**node_args)
+    gcs, agent_1, agent_2 = free_ports(3)
+    node_args = {"num_cpus": 1, "temp_dir": os.path.join(PRIVATE, "ray"), "object_store_memory": 200 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False, "gcs_server_port": gcs,
+                                                            "dashboard_agent_listen_port": agent_1})
+    second = cluster.add_node(**node_args, dashboard_agent_listen_port=agent_2)
     ray.init(address=cluster.address, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}})
     pool = RolloutPool(spec, PoolConfig(num_workers=2, num_cpus=1, max_restarts=1, restart_timeout_s=5,
@@ -55,4 +64,7 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    finally:
+        shutil.rmtree(PRIVATE, ignore_errors=True)
