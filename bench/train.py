@@ -23,17 +23,23 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import torch  # noqa: E402
 
-from cluster.pretrain_loop import Sample, make_batch, sample_top_k  # noqa: E402
+from cluster.pretrain_data import make_batch, make_sample  # noqa: E402
 from drivetune.model import BehaviorModel, ModelConfig  # noqa: E402
-from drivetune.model.batch import select_agents  # noqa: E402
 from drivetune.sources import iter_scenes  # noqa: E402
-from drivetune.tokenizer import CURRENT_BOUNDARY, MotionVocab, token_end_poses, tokenize_map, tokenize_scene  # noqa: E402
+from drivetune.tokenizer import CURRENT_BOUNDARY, MotionVocab, token_end_poses  # noqa: E402
 from trainer.objectives import TokenTargets, next_token_loss  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def sample_top_k(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """One id per row of logits [..., V], sampled from the renormalised top-k."""
+    top, idx = torch.topk(logits, min(k, logits.shape[-1]), dim=-1)
+    choice = torch.multinomial(torch.softmax(top, -1).reshape(-1, top.shape[-1]), 1, generator=gen)
+    return idx.gather(-1, choice.view(*top.shape[:-1], 1))[..., 0]
 
 
 def bench_training(model, samples, batch_size: int, steps: int, device) -> float:
@@ -100,7 +106,6 @@ def main() -> None:
     p.add_argument("--num-scenes", type=int, default=8)
     p.add_argument("--vocab", default=None, help="motion vocabulary (default: built-in 65-token test vocabulary)")
     p.add_argument("--size", default="micro", choices=["micro", "nano", "tiny"])
-    p.add_argument("--max-agents", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--rollouts", type=int, default=4)
@@ -116,13 +121,12 @@ def main() -> None:
 
         vocab = grid_vocab()
     scenes = list(itertools.islice(iter_scenes(args.scenes), args.num_scenes))
-    samples = [Sample(s.scenario_id, tokenize_map(s), tokenize_scene(s, vocab), select_agents(s, args.max_agents))
-               for s in scenes]
+    samples = [make_sample(s, vocab) for s in scenes]
     while len(samples) < args.batch_size:
         samples += samples
     model = BehaviorModel(ModelConfig.named(args.size), vocab).to(device)
     print(f"model {args.size}: {model.num_parameters() / 1e6:.2f}M params, V={vocab.num_tokens}; {len(scenes)} scenes, "
-          f"<= {args.max_agents} agents, device {device}, torch threads {torch.get_num_threads()}")
+          f"every sim agent, device {device}, torch threads {torch.get_num_threads()}")
     sps = bench_training(model, samples, args.batch_size, args.train_steps, device)
     print(f"training: {sps:.2f} scenes/s per worker (batch {args.batch_size} scenes, fwd+bwd+AdamW)")
     mb, ab = (x.to(device) for x in make_batch(samples[: args.batch_size]))

@@ -1,8 +1,8 @@
 """`drivetune train pretrain`: behaviour-cloning (next-token) pretraining on Ray Train.
 
-The driver validates the config and the resource request, splits the shard store into train / eval scenes (a
-stable hash of the scenario id), builds Ray Datasets from the Parquet shards and runs a `TorchTrainer` (DDP over
-`num_workers` CPU or GPU workers) whose loop lives in `cluster.pretrain_loop`. The run directory holds numbered
+The driver validates the config and the resource request, builds a streaming Ray Dataset from the Parquet shards
+(train / eval split by scenario-id hash, tokenization in Ray Data tasks: `cluster.pretrain_data`) and runs a
+`TorchTrainer` (DDP over `num_workers` CPU or GPU workers) whose loop lives in `cluster.pretrain_loop`. The run directory holds numbered
 checkpoints, `metrics.jsonl` and `config.json`; a rerun with the same `run_dir` resumes from the latest checkpoint.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ log = logging.getLogger("drivetune.pretrain")
 class DataConfig:
     shards: str = ""  # shard directory (drivetune ingest / synth output)
     vocab: str = ""  # motion vocabulary file (drivetune vocab build)
-    eval_fraction: float = 0.1  # share of scenes held out for evaluation (by scenario-id hash)
-    max_agents: int = 32  # agents per scene (valid at the current step first, nearest the SDC first)
+    eval_fraction: float = 0.1  # share of scenes held out for evaluation (drivetune.scene_sampling: id hash)
+    fraction: float = 1.0  # train on this stable share of the training split (by a second id hash)
+    shuffle_buffer: int = 64  # scenes in each worker's local shuffle buffer (0: stream order)
 
 
 @dataclass
@@ -75,6 +75,9 @@ class PretrainConfig:
         need(self.log_every >= 1 and self.checkpoint_every >= 1, "log_every and checkpoint_every must be >= 1")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         need(0.0 <= self.data.eval_fraction < 1.0, f"data.eval_fraction must be in [0, 1) ({self.data.eval_fraction})")
+        need(0.0 < self.data.fraction <= 1.0, f"data.fraction must be in (0, 1] ({self.data.fraction})")
+        need(self.data.shuffle_buffer >= 0, f"data.shuffle_buffer must be >= 0 ({self.data.shuffle_buffer})")
+        need(self.eval_scenes >= 1, f"eval_scenes must be >= 1 ({self.eval_scenes})")
         need(self.token_noise_k != 1 and self.token_noise_k >= 0, "token_noise_k must be 0 (off) or >= 2")
         need(0.0 <= self.token_noise_prob <= 1.0, "token_noise_prob must be in [0, 1]")
         need(self.eval_rollouts >= 1 and self.eval_top_k >= 1, "eval_rollouts and eval_top_k must be >= 1")
@@ -82,11 +85,6 @@ class PretrainConfig:
         need(bool(self.data.vocab) and Path(self.data.vocab).is_file(), f"data.vocab {self.data.vocab!r} is not a file")
         self.model.resolved()
         return self
-
-
-def is_eval_scene(scenario_id: str, fraction: float) -> bool:
-    """Stable train/eval split by a hash of the scenario id."""
-    return (zlib.crc32(scenario_id.encode()) % 10_000) < fraction * 10_000
 
 
 def check_resources(cfg: PretrainConfig, resources: dict[str, float]) -> None:
@@ -102,34 +100,13 @@ def check_resources(cfg: PretrainConfig, resources: dict[str, float]) -> None:
         raise ConfigError(f"pretrain asks for {cfg.num_workers} GPU workers but the cluster has {gpus:g} GPUs")
 
 
-def build_datasets(cfg: PretrainConfig) -> tuple[dict[str, Any], int, int]:
-    """Ray Datasets {"train", "eval"} from the shard store; (datasets, #train, #eval). Without held-out scenes
-    there is no "eval" dataset and rank 0 evaluates on its own training scenes."""
-    from drivetune.shards import ShardStore
-
-    store = ShardStore(cfg.data.shards)
-    ids = store.scenario_ids()
-    if not ids:
-        raise ConfigError(f"{cfg.data.shards}: shard store has no scenes")
-    frac = cfg.data.eval_fraction
-    eval_ids = {i for i in ids if is_eval_scene(i, frac)}
-    if len(eval_ids) == len(ids):
-        eval_ids = set()
-    ds = store.to_ray_dataset()
-    if not eval_ids:
-        log.warning("no held-out scenes (%d scenes, eval_fraction %.2f): evaluating on training scenes", len(ids), frac)
-        return {"train": ds}, len(ids), 0
-    train = ds.filter(lambda row: row["scenario_id"] not in eval_ids)
-    held = ds.filter(lambda row: row["scenario_id"] in eval_ids)
-    return {"train": train, "eval": held}, len(ids) - len(eval_ids), len(eval_ids)
-
-
 def fit(cfg: PretrainConfig) -> Any:
     """Run pretraining on the connected Ray cluster; returns the Ray Train Result."""
     import ray
     from ray.train import CheckpointConfig, DataConfig as RayDataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from cluster.pretrain_data import build_datasets
     from cluster.pretrain_loop import train_loop
     from trainer.checkpoints import RunDirectory
 
@@ -139,7 +116,10 @@ def fit(cfg: PretrainConfig) -> Any:
     cfg.run_dir = str(run_dir)
     cfg.data.shards, cfg.data.vocab = str(Path(cfg.data.shards).resolve()), str(Path(cfg.data.vocab).resolve())
     RunDirectory(run_dir).write_config(to_dict(cfg))
-    datasets, n_train, n_eval = build_datasets(cfg)
+    datasets, n_train, n_eval = build_datasets(cfg.data.shards, cfg.data.vocab, cfg.data.eval_fraction,
+                                               cfg.data.fraction, cfg.eval_scenes)
+    if not n_eval:
+        log.warning("no held-out scenes (eval_fraction %.2f): evaluating on training scenes", cfg.data.eval_fraction)
     log.info("pretrain: %d train / %d eval scenes, %d workers (%s), run dir %s", n_train, n_eval, cfg.num_workers,
              "GPU" if cfg.use_gpu else "CPU", run_dir)
     trainer = TorchTrainer(
@@ -164,11 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     set_process_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(PretrainConfig, args.config, args.overrides).validate()
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    # a ConfigError (bad YAML, key, value or resource request) reaches drivetune.cli: `... error: ...`, exit 2
+    cfg = load_config(PretrainConfig, args.config, args.overrides).validate()
     from ray.train import TrainingFailedError
 
     # Attach to --address or RAY_ADDRESS (set under `ray job submit`), else a private local Ray. Its dashboard
@@ -177,9 +154,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True):
             result = fit(cfg)
-    except ConfigError as exc:  # e.g. a resource request larger than the cluster
-        log.error("%s", exc)
-        return 2
     except TrainingFailedError as exc:
         log.error("pretraining failed: %s", exc)
         return 1

@@ -1,72 +1,35 @@
 """The per-worker loop of `drivetune train pretrain` (runs inside Ray Train workers) and its evaluation.
 
-Each worker tokenizes its shard of the training scenes once (kept in memory), then takes `max_steps` steps over a
-deterministic per-(seed, rank) stream of mini-batches, so a resumed run continues the same stream. Rank 0 writes
-checkpoints and metrics to the run directory; every worker reports the same metrics to Ray Train.
+Each worker streams tokenized mini-batches from its split of the Ray Dataset (`cluster.pretrain_data`; tokenization
+runs in Ray Data tasks, nothing is held per worker beyond a small shuffle buffer) for `max_steps` steps, epoch after
+epoch. A resumed run continues the step counter, weights, optimizer and LR schedule; its data stream starts a new
+epoch. Rank 0 evaluates on held-out scenes, writes checkpoints and metrics; every worker reports the same metrics to
+Ray Train (`worker_peak_rss_mb` is the maximum over the workers).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from cluster.pretrain_data import make_batch, make_sample, training_batches
+from drivetune.closed_loop import SceneRollouts, simulate
 from drivetune.config import from_dict, to_dict
-from drivetune.model import AgentBatch, BehaviorModel, MapBatch, agent_batch, map_batch
-from drivetune.model.batch import select_agents
+from drivetune.model import AgentBatch, BehaviorModel
+from drivetune.samplers import SamplerConfig
+from drivetune.scene import NUM_FUTURE_STEPS, X, Y, Scene
 from drivetune.shards import scene_from_row
-from drivetune.tokenizer import (
-    CURRENT_BOUNDARY,
-    AgentTokens,
-    MapTokens,
-    MotionVocab,
-    TorchVocab,
-    nearest_tokens,
-    token_end_poses,
-    tokenize_map,
-    tokenize_scene,
-)
+from drivetune.tokenizer import MotionVocab, TorchVocab, nearest_tokens
 from trainer.checkpoints import RunDirectory
 from trainer.objectives import TokenTargets, next_token_loss, repeat_last_accuracy, token_accuracy
 
 log = logging.getLogger("drivetune.pretrain")
-
-
-@dataclass
-class Sample:
-    """One tokenized scene, restricted to the modelled agents."""
-
-    scenario_id: str
-    map_tokens: MapTokens
-    agent_tokens: AgentTokens
-    agents: np.ndarray  # track indices
-
-
-def tokenize_rows(rows: Iterable[dict], vocab: MotionVocab | TorchVocab, max_agents: int) -> list[Sample]:
-    out = []
-    for row in rows:
-        scene = scene_from_row(row)
-        out.append(Sample(scene.scenario_id, tokenize_map(scene), tokenize_scene(scene, vocab),
-                          select_agents(scene, max_agents)))
-    return out
-
-
-def make_batch(samples: Sequence[Sample]) -> tuple[MapBatch, AgentBatch]:
-    return map_batch([s.map_tokens for s in samples]), agent_batch([s.agent_tokens for s in samples],
-                                                                   [s.agents for s in samples])
-
-
-def batch_indices(num_samples: int, batch_size: int, step: int, seed: int, rank: int) -> np.ndarray:
-    """Sample indices of mini-batch `step` (0-based): consecutive slices of per-epoch permutations."""
-    per_epoch = max(1, num_samples // batch_size)
-    epoch, pos = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, rank, epoch]).permutation(num_samples)
-    return np.resize(perm[pos * batch_size:], batch_size)  # wraps when fewer samples than batch_size
 
 
 def token_noise(agents: AgentBatch, tv: TorchVocab, k: int, prob: float, gen: torch.Generator) -> AgentBatch:
@@ -84,53 +47,34 @@ def token_noise(agents: AgentBatch, tv: TorchVocab, k: int, prob: float, gen: to
     return AgentBatch(tokens, agents.poses, agents.valid, agents.type_idx)
 
 
-def sample_top_k(logits: torch.Tensor, k: int, gen: torch.Generator | None = None) -> torch.Tensor:
-    """One id per row of logits [..., V], sampled from the renormalised top-k."""
-    top, idx = torch.topk(logits, min(k, logits.shape[-1]), dim=-1)
-    probs = torch.softmax(top, dim=-1).reshape(-1, top.shape[-1])
-    choice = torch.multinomial(probs, 1, generator=gen).view(*top.shape[:-1], 1)
-    return idx.gather(-1, choice)[..., 0]
+def min_ade(rollouts: SceneRollouts, scene: Scene) -> tuple[float, int]:
+    """(sum over simulated agents of the minimum over rollouts of the 10 Hz average displacement error against the
+    log, #agents with a logged future). Only logged-valid steps count."""
+    cur = scene.current_time_index
+    fut = slice(cur + 1, cur + 1 + NUM_FUTURE_STEPS)
+    logged = scene.states[rollouts.track_index, fut][..., [X, Y]]  # [A, 80, 2]
+    ok = scene.valid[rollouts.track_index, fut]  # [A, 80]
+    pred = np.stack([rollouts.x, rollouts.y], -1)  # [G, A, 80, 2]
+    err = np.linalg.norm(pred - logged[None], axis=-1)
+    ade = (err * ok).sum(-1) / np.maximum(ok.sum(-1), 1)  # [G, A]
+    counted = ok.any(-1)
+    return float(ade.min(0)[counted].sum()), int(counted.sum())
 
 
 @torch.no_grad()
-def rollout_min_ade(model: BehaviorModel, mb: MapBatch, ab: AgentBatch, logged: torch.Tensor, logged_valid: torch.Tensor,
-                    rollouts: int, top_k: int, gen: torch.Generator) -> tuple[float, int]:
-    """(sum of per-agent minADE over `rollouts` sampled rollouts, #agents). Every agent valid at the current step is
-    driven by the model from its logged history (incremental decoding); the error is measured at the 16 future
-    token boundaries (0.5 s) against the logged poses `logged` [B, A, 19, 3] where `logged_valid`."""
-    tv = model.vocab.to_torch(mb.pos.device)
-    state, logits = model.start(model.encode_map(mb), ab.slice_time(0, CURRENT_BOUNDARY), rollouts)
-    alive = state.last_valid.clone()
-    pose, preds = state.last_pose, []
-    for i in range(CURRENT_BOUNDARY, ab.tokens.shape[2]):
-        tok = sample_top_k(logits, top_k, gen)
-        pose = token_end_poses(tv, state.type_idx, pose, tok)
-        preds.append(pose[..., :2])
-        if i + 1 < ab.tokens.shape[2]:
-            logits = model.step(state, tok, pose, alive)
-    pred = torch.stack(preds, dim=2)  # [B*R, A, 16, 2]
-    gt = logged[:, :, CURRENT_BOUNDARY + 1:, :2].repeat_interleave(rollouts, 0)
-    ok = logged_valid[:, :, CURRENT_BOUNDARY + 1:].repeat_interleave(rollouts, 0) & alive[..., None]
-    err = torch.linalg.vector_norm(pred - gt, dim=-1)
-    ade = (err * ok).sum(-1) / ok.sum(-1).clamp_min(1)  # [B*R, A]
-    b, a = ab.tokens.shape[:2]
-    min_ade = ade.view(b, rollouts, a).min(dim=1).values
-    counted = ok.view(b, rollouts, a, -1)[:, 0].any(-1)
-    return float(min_ade[counted].sum()), int(counted.sum())
-
-
-@torch.no_grad()
-def evaluate(model: BehaviorModel, samples: Sequence[Sample], batch_size: int, rollouts: int, top_k: int,
+def evaluate(model: BehaviorModel, scenes: Sequence[Scene], batch_size: int, rollouts: int, top_k: int,
              device: torch.device, seed: int = 0) -> dict[str, float]:
-    """Teacher-forced loss / token accuracy / repeat-last baseline accuracy, and rollout minADE (m)."""
+    """Teacher-forced loss / token accuracy / repeat-last baseline accuracy, and closed-loop minADE (m) over
+    `rollouts` top-k rollouts of every sim agent (`drivetune.closed_loop.simulate`, the rollout workers' code)."""
     was_training = model.training
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    tv = model.vocab.to_torch(device)
+    sampler = SamplerConfig(kind="topk", k=top_k)
     loss_sum = hits = base = total = 0.0
     ade_sum, ade_n = 0.0, 0
-    for lo in range(0, len(samples), batch_size):
-        chunk = samples[lo:lo + batch_size]
-        mb, ab = (x.to(device) for x in make_batch(chunk))
+    for lo in range(0, len(scenes), batch_size):
+        chunk = scenes[lo:lo + batch_size]
+        mb, ab = (x.to(device) for x in make_batch([make_sample(s, model.vocab) for s in chunk]))
         targets = TokenTargets.from_tokens(ab.tokens, ab.valid)
         logits = model(mb, ab)
         n = int(targets.mask.sum())
@@ -138,18 +82,34 @@ def evaluate(model: BehaviorModel, samples: Sequence[Sample], batch_size: int, r
         c, _ = token_accuracy(logits, targets)
         r, _ = repeat_last_accuracy(ab.tokens, targets)
         hits, base, total = hits + c, base + r, total + n
-        logged = torch.stack([torch.as_tensor(np.pad(s.agent_tokens.logged_poses[s.agents],
-                                                     ((0, ab.tokens.shape[1] - len(s.agents)), (0, 0), (0, 0))),
-                                              dtype=torch.float32) for s in chunk]).to(device)
-        lvalid = torch.stack([torch.as_tensor(np.pad(s.agent_tokens.pose_valid[s.agents],
-                                                     ((0, ab.tokens.shape[1] - len(s.agents)), (0, 0))))
-                              for s in chunk]).to(device)
-        s_, n_ = rollout_min_ade(model, mb, ab, logged, lvalid, rollouts, top_k, gen)
-        ade_sum, ade_n = ade_sum + s_, ade_n + n_
+        for scene, out in zip(chunk, simulate(model, tv, chunk, rollouts, sampler, base_seed=seed)):
+            s_, n_ = min_ade(out, scene)
+            ade_sum, ade_n = ade_sum + s_, ade_n + n_
     model.train(was_training)
     return {"eval_loss": loss_sum / max(total, 1), "eval_token_acc": hits / max(total, 1),
             "eval_repeat_last_acc": base / max(total, 1), "eval_min_ade": ade_sum / max(ade_n, 1),
             "eval_tokens": total, "eval_agents": ade_n}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _max_over_workers(value: float) -> float:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def _collective_device() -> torch.device:
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def lr_lambda(warmup: int, max_steps: int, min_ratio: float):
@@ -203,25 +163,17 @@ def train_loop(config: dict[str, Any]) -> None:
             return
     ddp = ray.train.torch.prepare_model(model)
     tv = vocab.to_torch(device)
-    t0 = time.perf_counter()
-    train = tokenize_rows(ray.train.get_dataset_shard("train").iter_rows(), vocab, cfg.data.max_agents)
-    if not train:
-        raise ValueError(f"worker {rank} received no training scenes: use fewer workers or more scenes")
-    evals: list[Sample] = []
-    if rank == 0:
-        try:
-            evals = tokenize_rows(ray.train.get_dataset_shard("eval").iter_rows(), vocab, cfg.data.max_agents)
-        except KeyError:  # no held-out scenes: evaluate on this worker's training scenes
-            evals = train
-        evals = evals[: cfg.eval_scenes]
-        log.info("tokenized %d train scenes (rank 0) and %d eval scenes in %.1fs", len(train), len(evals),
-                 time.perf_counter() - t0)
+    batches = training_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.data.shuffle_buffer,
+                               cfg.seed * 1000 + rank)
+    evals: list[Scene] = []
+    if rank == 0:  # a few scenes (eval_scenes): held out, or training scenes when none are
+        evals = [scene_from_row(row) for row in ray.train.get_dataset_shard("eval").iter_rows()]
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     window: dict[str, float] = {"loss": 0.0, "hits": 0, "base": 0, "total": 0, "scenes": 0, "steps": 0}
     t_window = time.perf_counter()
     while step < cfg.max_steps:
-        idx = batch_indices(len(train), cfg.batch_size, step, cfg.seed, rank)
-        mb, ab = (x.to(device) for x in make_batch([train[i] for i in idx]))
+        samples = next(batches)
+        mb, ab = (x.to(device) for x in make_batch(samples))
         inputs = ab
         if cfg.token_noise_k > 1 and cfg.token_noise_prob > 0:
             inputs = token_noise(ab, tv, cfg.token_noise_k, cfg.token_noise_prob, gen)
@@ -236,7 +188,7 @@ def train_loop(config: dict[str, Any]) -> None:
         step += 1
         c, n = token_accuracy(logits.detach(), targets)
         r, _ = repeat_last_accuracy(ab.tokens, targets)
-        for key, val in (("loss", float(loss) * n), ("hits", c), ("base", r), ("total", n), ("scenes", len(idx)),
+        for key, val in (("loss", float(loss) * n), ("hits", c), ("base", r), ("total", n), ("scenes", len(samples)),
                          ("steps", 1)):
             window[key] += val
         last = step == cfg.max_steps
@@ -248,9 +200,9 @@ def train_loop(config: dict[str, Any]) -> None:
             "loss": window["loss"] / max(window["total"], 1), "token_acc": window["hits"] / max(window["total"], 1),
             "repeat_last_acc": window["base"] / max(window["total"], 1),
             "scenes_per_s_per_worker": window["scenes"] / max(elapsed, 1e-9),
+            "worker_peak_rss_mb": _max_over_workers(peak_rss_mb()),
         }
         window = {k: 0 for k in window}
-        t_window = time.perf_counter()
         do_eval = last or (cfg.eval_every and step % cfg.eval_every == 0)
         if rank == 0 and do_eval and evals:
             metrics.update(evaluate(model, evals, cfg.batch_size, cfg.eval_rollouts, cfg.eval_top_k, device, cfg.seed))
@@ -265,3 +217,4 @@ def train_loop(config: dict[str, Any]) -> None:
                                 extra_meta={"stage": "pretrain", "config": config}, keep_last=cfg.keep_checkpoints)
                 checkpoint = Checkpoint.from_directory(str(path))
         ray.train.report(metrics, checkpoint=checkpoint)
+        t_window = time.perf_counter()  # evaluation and checkpointing stay out of the throughput figure

@@ -1,5 +1,7 @@
 """Checkpoint format: a directory with `model.safetensors` (weights), `vocab.safetensors` (the motion vocabulary the
-model was built with) and `meta.json` (format, model config, vocab hash, step, metrics, parent, free-form extras).
+model was built with) and `meta.json` (format, model config, vocab hash, weights sha256, step, metrics, parent,
+free-form extras). Loading checks the vocabulary's hash and the weights file's sha256 against the meta, so a damaged
+file is an error naming it, never a silently different model.
 
 Written atomically: everything goes to a temporary sibling directory that is renamed into place. Weights travel
 between processes as a dict of numpy arrays (`state_dict_to_numpy` / `load_numpy_state_dict`), which Ray's object
@@ -8,6 +10,7 @@ store shares zero-copy. This module is core: rollout workers and services load c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_safetensors, save_file
 
 from drivetune.config import from_dict, to_dict
 from drivetune.model import BehaviorModel, ModelConfig
@@ -86,6 +89,7 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
         save_file(state_dict_to_numpy(model), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        full["weights_sha256"] = hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()
         model.vocab.save(tmp / VOCAB)
         for name, payload in (extra_files or {}).items():
             if Path(name).name != name or name in (WEIGHTS, VOCAB, META):
@@ -129,14 +133,33 @@ def read_model_spec(directory: str | os.PathLike) -> tuple[ModelConfig, MotionVo
     return from_dict(ModelConfig, meta["model_config"], where=f"{directory}/{META}"), vocab, meta
 
 
-def load_weights(directory: str | os.PathLike, model: torch.nn.Module) -> None:
-    """Copy a checkpoint's weights into `model` in place (CheckpointError if unreadable or not fitting)."""
-    path = Path(directory) / WEIGHTS
+def read_weights(directory: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """A checkpoint's weights as numpy arrays, after checking the file's sha256 against the meta's
+    `weights_sha256` (`meta` read from the directory when not given); CheckpointError naming the file otherwise."""
+    directory = Path(directory)
+    meta = read_meta(directory) if meta is None else meta
+    path = directory / WEIGHTS
     try:
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError) as e:
+        payload = path.read_bytes()
+    except OSError as e:
         raise CheckpointError(f"{path}: unreadable weights ({e})") from e
-    load_numpy_state_dict(model, arrays)
+    want = meta.get("weights_sha256")
+    if not want:
+        raise CheckpointError(f"{directory / META}: no weights_sha256 recorded (written by an older drivetune); "
+                              f"re-save the checkpoint")
+    got = hashlib.sha256(payload).hexdigest()
+    if got != want:
+        raise CheckpointError(f"{path}: sha256 {got[:12]}... != {want[:12]}... recorded in {META}: the weights file "
+                              f"is damaged or was replaced")
+    try:
+        return load_safetensors(payload)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: unreadable weights ({e})") from e
+
+
+def load_weights(directory: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Copy a checkpoint's weights into `model` in place (CheckpointError if damaged, unreadable or not fitting)."""
+    load_numpy_state_dict(model, read_weights(directory))
 
 
 def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[BehaviorModel, dict]:

@@ -1,13 +1,21 @@
 """`drivetune` command line. Each command lives in its own module, imported only when that command runs.
 
-A command module exposes `add_arguments(parser)` and `run(args) -> int`.
+A command module exposes `add_arguments(parser)` and `run(args) -> int`, and imports nothing heavy (torch, ray) at
+module level, so `--help` stays fast. Every failure is reported as `drivetune COMMAND: error: ...`: exit 2 for bad
+arguments or input (argparse errors, and any ValueError / OSError a command raises), 1 for work that failed (a command
+returns 1), 130 for Ctrl-C, 141 when the reader of stdout went away (`drivetune -h | head`).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
+from importlib import metadata
+
+from drivetune.ray_runtime import VERBOSE_ENV  # --verbose sets it: Ray's start-up logs then reach the terminal
 
 # name -> (module, one-line help). Sub-grouped commands ("vocab build") use a space in the name.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -15,15 +23,65 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("drivetune.inspect_cmd", "summarise scenarios in TFRecords or shards"),
     "synth": ("drivetune.synth.cli", "generate synthetic WOMD-format scenarios"),
     "render": ("drivetune.render", "draw a scenario (and rollouts) to PNG"),
-    "realism": ("drivetune.realism.cli", "WOSAC realism metrics of a rollout set"),
-    "vocab build": ("drivetune.tokenizer.cli", "build per-type motion vocabularies (k-disks)"),
+    "realism": ("drivetune.realism_cmd", "WOSAC realism metrics of a rollout set"),
+    "vocab build": ("drivetune.vocab_cmd", "build per-type motion vocabularies (k-disks)"),
     "train pretrain": ("cluster.pretrain", "behaviour-cloning pretraining on Ray Train"),
     "simulate": ("drivetune.simulate_cmd", "closed-loop rollouts of a checkpoint on scenes"),
+    "train sft": ("cluster.sft", "CAT-K closed-loop SFT with Ray rollout workers and a learner"),
+    "train rft": ("cluster.rft", "RL post-training (MPO / GRPO / GRBO) with Ray rollout workers and a learner"),
+    "train pipeline": ("cluster.pipeline", "stages (pretrain, sft, rft, ...) in one run directory and Ray session"),
+    "lineage": ("cluster.lineage", "the stage -> checkpoint -> parent -> reference chain of a run"),
+    "plot": ("cluster.plot", "draw a run's metrics.jsonl curves to a PNG"),
+    "eval": ("drivetune.eval_cmd", "compare checkpoints on the same scenes: realism, bootstrap CIs, differences"),
 }
+
+# The one name and help text of a scene input, shared by every command that reads scenes.
+SCENES_METAVAR = "SCENES"
+SCENES_HELP = ("scene sources, several at once: Scenario TFRecord files, directories of them, globs, Parquet shard "
+               "directories or shard files")
+
+
+class CommandError(Exception):
+    """A failure a command reports as `drivetune COMMAND: error: MESSAGE` with exit `code` (2 bad input, 1 failed
+    work)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_scenes_argument(parser: argparse.ArgumentParser, help_: str = SCENES_HELP) -> None:
+    """The positional scene input (one or more) under its common name."""
+    parser.add_argument("scenes", nargs="+", metavar=SCENES_METAVAR, help=help_)
+
+
+def check_device(device: str) -> str:
+    """A torch device string that exists here (`cpu`, `cuda`, `cuda:N`); CommandError naming it otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {device}: no CUDA device is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise CommandError(f"--device {device!r}: only cpu and cuda are supported")
+    return device
+
+
+def version() -> str:
+    try:
+        return metadata.version("drivetune")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _top_help() -> str:
-    lines = ["usage: drivetune COMMAND [options]", "", "commands:"]
+    lines = ["usage: drivetune [--version] COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`drivetune COMMAND --help` shows a command's options."]
     return "\n".join(lines)
@@ -37,19 +95,79 @@ def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    found = _resolve(argv)
-    if found is None:
-        print(_top_help(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    name, rest = found
+def _unknown(argv: list[str]) -> str:
+    words = {n.split()[0] for n in COMMANDS}
+    name = argv[0] if argv[0] not in words else " ".join(argv[:2])
+    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (commands: {', '.join(COMMANDS)})"
+    return f"drivetune: error: unknown command {name!r}{hint}"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: X)` where there is a meaningful default (not for flags, unset options or required ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or action.required or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser of command `name` (imports only its module)."""
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"drivetune {name}", description=help_)
+    parser = argparse.ArgumentParser(prog=f"drivetune {name}", description=help_,
+                                     formatter_class=_HelpFormatter)
     module.add_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="also show Ray's start-up and worker logs")
+    parser.set_defaults(_run=module.run)
+    return parser
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0
+    if argv[0] == "--version":
+        print(f"drivetune {version()}")
+        return 0
+    found = _resolve(argv)
+    if found is None:
+        print(_top_help(), file=sys.stderr)
+        print(_unknown(argv), file=sys.stderr)
+        return 2
+    name, rest = found
+    parser = build_parser(name)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    try:
+        return int(args._run(args) or 0)
+    except CommandError as exc:
+        print(f"drivetune {name}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except (ValueError, OSError) as exc:  # bad input the command did not catch itself: no traceback
+        if isinstance(exc, BrokenPipeError):
+            raise
+        print(f"drivetune {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"drivetune {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:  # during imports or parsing
+        print("drivetune: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader closed stdout (`| head`): stop quietly, leave no flush error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""Dataclass configs loaded from YAML with dotted `key=value` overrides; unknown keys are errors."""
+"""Dataclass configs loaded from YAML with dotted `key=value` overrides; unknown keys are errors.
+
+Besides types, a few field names mean the same thing in every config and are range-checked wherever they appear
+(`FIELD_RANGES`: a learning rate is positive, a dropout a probability, ...), and no float may be NaN or infinite.
+An error in a value that came from an override names the override, not the YAML file.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -12,9 +18,25 @@ import yaml
 
 T = TypeVar("T")
 
+# field name -> (low, high, low inclusive, high inclusive), checked in every config that has such a field
+FIELD_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "lr": (0.0, math.inf, False, False),
+    "weight_decay": (0.0, math.inf, True, False),
+    "dropout": (0.0, 1.0, True, False),
+    "grad_clip": (0.0, math.inf, False, False),
+    "label_smoothing": (0.0, 1.0, True, False),
+    "min_lr_ratio": (0.0, 1.0, True, True),
+    "warmup_steps": (0.0, math.inf, True, False),
+}
+
 
 class ConfigError(ValueError):
-    """A config file or override that does not fit its dataclass."""
+    """A config file or override that does not fit its dataclass. `where` is the dotted location of the problem
+    (`FILE.a.b`) and `problem` the rest of the message."""
+
+    def __init__(self, where: str, problem: str | None = None) -> None:
+        super().__init__(where if problem is None else f"{where}: {problem}")
+        self.where, self.problem = where, problem
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -22,20 +44,37 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _check_range(name: str, value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(where, f"must be a finite number, got {value!r}")
+    if name not in FIELD_RANGES or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    lo, hi, lo_in, hi_in = FIELD_RANGES[name]
+    if not ((value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)):
+        interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+        raise ConfigError(where, f"{name} must be in {interval}, got {value!r}")
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {hint.__name__}, got {type(value).__name__}")
+            raise ConfigError(where, f"expected a mapping for {hint.__name__}, got {type(value).__name__}")
         return from_dict(hint, value, where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where)
+        errors = []
+        for arg in args:  # the first member type that accepts the value (e.g. `float | str` for 0.77 or "auto")
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(" or ".join(errors))
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(where, f"expected a list, got {value!r}")
         (inner, *_) = typing.get_args(hint) or (Any,)
         out = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
@@ -44,23 +83,27 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(where, f"expected true/false, got {value!r}")
     if hint in (int, float, str):
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if not isinstance(value, hint) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+            raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
         return value
     return value
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys raise ConfigError naming them."""
+    """Build dataclass `cls` from a mapping; unknown keys and out-of-range values raise ConfigError naming them."""
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(types_)})")
-    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
+        raise ConfigError(f"{where}.{unknown[0]}" if len(unknown) == 1 else where,
+                          f"unknown keys {unknown} (known: {sorted(types_)})")
+    kwargs = {}
+    for k, v in data.items():
+        kwargs[k] = _coerce(v, types_[k], f"{where}.{k}")
+        _check_range(k, kwargs[k], f"{where}.{k}")
     return cls(**kwargs)
 
 
@@ -75,7 +118,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+            raise ConfigError(f"override {dotted!r}", f"{k!r} is not a section")
     node[keys[-1]] = value
 
 
@@ -83,10 +126,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply `a.b=value` strings (values parsed as YAML scalars) to a nested dict, in place."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r}", "not of the form key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}", f"value is not valid YAML ({e})") from None
+        _set_dotted(data, key.strip(), value)
     return data
+
+
+def _blame_override(err: ConfigError, root: str, overrides: list[str]) -> ConfigError:
+    """`err` re-worded to name the override that set the failing key, if one did."""
+    if err.problem is None or not err.where.startswith(root + "."):
+        return err
+    key = err.where[len(root) + 1:].split("[")[0]
+    for item in reversed(overrides):
+        name = item.split("=", 1)[0].strip()
+        if name == key or name.startswith(key + ".") or key.startswith(name + "."):
+            return ConfigError(f"override {item!r}", err.problem)
+    return err
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -96,9 +155,17 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(str(p), f"not valid YAML ({e})") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+            raise ConfigError(str(p), "top level must be a mapping")
         data = loaded
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data, where=str(path or cls.__name__))
+    overrides = overrides or []
+    data = apply_overrides(data, overrides)
+    root = str(path or cls.__name__)
+    try:
+        return from_dict(cls, data, where=root)
+    except ConfigError as e:
+        raise _blame_override(e, root, overrides) from None

@@ -8,15 +8,25 @@ file exists, whose sha256 matches the manifest and whose input fingerprint is un
 (re)built. Shards from an earlier, larger plan are removed. A bad record (CRC mismatch, truncation, undecodable
 proto) is reported with file + byte offset, the rest of its shard is still written, and the command exits 1 with a
 summary; a corrupt record header makes the rest of that file unreadable, which is reported the same way.
+
+One ingest at a time per directory: a second one into the same `--out` is refused (IngestLockedError, a `flock`
+on DIR/.ingest.lock). While a run is in progress each finished shard appends its manifest entry to
+DIR/.ingest-journal.jsonl (one line, so n shards cost O(n), not the O(n^2) of rewriting the manifest each time); the
+manifest is written once at the start (verified shards only) and once at the end, and an interrupted run's journal
+is read back by the next run. The same scenario id twice across (or within) the inputs is an error naming both
+sources (DuplicateScenarioError, exit 2); the manifest is then left out so the directory is not used as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +35,14 @@ from tqdm import tqdm
 
 from drivetune.atomic import remove_stale_temps
 from drivetune.ray_runtime import ray_session, set_process_env
-from drivetune.shards import file_sha256, read_manifest, shard_name, write_manifest, write_shard
+from drivetune.shards import MANIFEST, file_sha256, read_manifest, shard_name, write_manifest, write_shard
 from drivetune.sources import expand_tfrecords
 from drivetune.tfrecord import TFRecordError, read_record_at, scan_records
 from drivetune.womd import WomdError, scene_from_bytes
 
 set_process_env()
+LOCK_NAME = ".ingest.lock"
+JOURNAL_NAME = ".ingest-journal.jsonl"  # finished shards' manifest entries, appended while a run is in progress
 
 
 @dataclass
@@ -46,7 +58,14 @@ class IngestResult:
     skipped: list[str] = field(default_factory=list)
     scenes: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)  # {"file", "offset", "error"}
-    duplicate_ids: list[str] = field(default_factory=list)
+
+
+class IngestLockedError(ValueError):
+    """Another ingest is writing into the same shard directory."""
+
+
+class DuplicateScenarioError(ValueError):
+    """The inputs hold the same scenario id more than once."""
 
 
 def plan_shards(files: list[Path], shard_size: int) -> tuple[list[ShardPlan], list[dict[str, Any]]]:
@@ -96,6 +115,66 @@ def _is_done(out_dir: Path, plan: ShardPlan, entry: dict[str, Any] | None) -> bo
     )
 
 
+@contextmanager
+def ingest_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `out_dir` (a `flock` on DIR/.ingest.lock, released by the OS if the process
+    dies), or raise IngestLockedError at once if another ingest holds it."""
+    fh = open(out_dir / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise IngestLockedError(f"{out_dir}: another ingest ({holder}) is writing into this directory; wait "
+                                    f"for it to finish or use another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # closing releases the lock
+
+
+def _read_journal(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Entries of shards an interrupted run finished after its last manifest write (a torn last line is ignored)."""
+    path = out_dir / JOURNAL_NAME
+    entries: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                name, entry = json.loads(line)
+            except (json.JSONDecodeError, ValueError):
+                continue
+            entries[name] = entry
+    return entries
+
+
+def _scene_sources(plan: ShardPlan, entry: dict[str, Any]) -> list[str]:
+    """`FILE record at byte offset N` of each scenario id of a shard entry (records that failed are not in it)."""
+    failed = {(e["file"], e["offset"]) for e in entry.get("errors", [])}
+    return [f"{path} (record at byte offset {offset})" for path, offset in plan.inputs if (path, offset) not in failed]
+
+
+def _check_duplicates(plans: list[ShardPlan], entries: dict[str, dict[str, Any]]) -> None:
+    """Raise DuplicateScenarioError naming both sources of every scenario id met twice."""
+    first: dict[str, str] = {}
+    clashes: list[str] = []
+    for plan in plans:
+        entry = entries[plan.name]
+        for sid, where in zip(entry["scenario_ids"], _scene_sources(plan, entry)):
+            if sid in first:
+                clashes.append(f"{sid!r} in {first[sid]} and in {where}")
+            else:
+                first[sid] = where
+    if clashes:
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise DuplicateScenarioError(f"{len(clashes)} duplicate scenario id(s) across the inputs: "
+                                     + "; ".join(clashes[:5]) + more + ". Remove the duplicate inputs and re-run "
+                                     "(the shard directory has no manifest until then)")
+
+
 def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, workers: int = 2,
            progress: bool = True) -> IngestResult:  # fmt: skip
     """Convert TFRecord sources into a shard directory; see the module docstring for the resume rules."""
@@ -104,24 +183,34 @@ def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, wor
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     plans, framing_errors = plan_shards(expand_tfrecords(sources), shard_size)
-    old = read_manifest(out_dir)["shards"]
+    with ingest_lock(out_dir):
+        return _ingest_locked(out_dir, plans, framing_errors, workers, progress)
+
+
+def _ingest_locked(out_dir: Path, plans: list[ShardPlan], framing_errors: list[dict[str, Any]], workers: int,
+                   progress: bool) -> IngestResult:
+    known = read_manifest(out_dir)["shards"]
+    known.update(_read_journal(out_dir))
     result = IngestResult(errors=list(framing_errors))
     entries: dict[str, dict[str, Any]] = {}
     todo: list[ShardPlan] = []
     for plan in plans:
-        if _is_done(out_dir, plan, old.get(plan.name)):
-            entries[plan.name] = old[plan.name]
+        if _is_done(out_dir, plan, known.get(plan.name)):
+            entries[plan.name] = known[plan.name]
             result.skipped.append(plan.name)
         else:
             todo.append(plan)
-    for stale in set(old) - {p.name for p in plans}:
+    for stale in set(known) - {p.name for p in plans}:
         (out_dir / stale).unlink(missing_ok=True)
     remove_stale_temps(out_dir)  # shards and manifest half-written by an interrupted run
-    write_manifest(out_dir, entries)
+    write_manifest(out_dir, entries)  # only shards verified above: a reader never sees a listed, stale shard
+    journal_path = out_dir / JOURNAL_NAME
+    journal_path.unlink(missing_ok=True)
 
     if todo:
         # a private local Ray of `workers` CPUs (or the one this process already runs)
-        with ray_session(num_cpus=workers, log_to_driver=False, object_store_bytes=256 * 1024 * 1024) as ray:
+        with ray_session(num_cpus=workers, log_to_driver=False, object_store_bytes=256 * 1024 * 1024) as ray, \
+                open(journal_path, "a") as journal:  # fmt: skip
             task = ray.remote(num_cpus=1)(build_shard)
             pending = {task.remote(str(out_dir), plan): plan for plan in todo}
             bar = tqdm(total=sum(len(p.inputs) for p in todo), unit="scene", desc="ingest", disable=not progress)
@@ -131,22 +220,28 @@ def ingest(sources: list[str], out: str | os.PathLike, shard_size: int = 64, wor
                 name, entry = ray.get(done[0])
                 entries[name] = entry
                 result.written.append(name)
-                write_manifest(out_dir, entries)  # progress survives an interruption
+                # progress survives an interruption: one appended line per shard, not a manifest rewrite (O(n^2))
+                journal.write(json.dumps([name, entry]) + "\n")
+                journal.flush()
                 bar.update(len(plan.inputs))
             bar.close()
 
-    seen: set[str] = set()
-    for name in sorted(entries):
-        entry = entries[name]
+    for entry in entries.values():
         result.scenes += entry["num_rows"]
         result.errors += entry.get("errors", [])
-        result.duplicate_ids += [s for s in entry["scenario_ids"] if s in seen]
-        seen.update(entry["scenario_ids"])
+    try:
+        _check_duplicates(plans, entries)
+    except DuplicateScenarioError:
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        raise
+    write_manifest(out_dir, entries)
+    journal_path.unlink(missing_ok=True)
     return result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", metavar="SRC", help="TFRecord files, directories or globs")
+    parser.add_argument("sources", nargs="+", metavar="SCENES",
+                        help="scene sources, several at once: Scenario TFRecord files, directories of them or globs")
     parser.add_argument("--out", required=True, help="shard directory (created; re-runs resume)")
     parser.add_argument("--shard-size", type=int, default=64, help="scenes per Parquet shard (default 64)")
     parser.add_argument("--workers", type=int, default=2, help="parallel Ray tasks = local Ray CPUs (default 2)")
@@ -163,8 +258,6 @@ def run(args: argparse.Namespace) -> int:
         f"ingest: {result.scenes} scenes in {len(result.written) + len(result.skipped)} shards under {args.out} "
         f"({len(result.written)} written, {len(result.skipped)} already done and skipped)"
     )
-    if result.duplicate_ids:
-        print(f"warning: {len(result.duplicate_ids)} duplicate scenario ids, e.g. {result.duplicate_ids[:3]}")
     if result.errors:
         print(f"ingest: {len(result.errors)} bad record(s) left out:", file=sys.stderr)
         for err in result.errors:

@@ -1,4 +1,4 @@
-"""`drivetune inspect FILE... [--json]`: one summary per scenario in TFRecords, shard directories or shard files."""
+"""`drivetune inspect SCENES... [--json]`: one summary per scenario in TFRecords, shard directories or shard files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from drivetune.cli import add_scenes_argument
 from drivetune.scene import AgentType, Scene
 from drivetune.shards import ShardError
 from drivetune.sources import SourceError, expand_sources, iter_scenes
@@ -41,7 +42,7 @@ def _line(s: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="TFRecord files, shard directories/files, globs")
+    add_scenes_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per scenario")
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     summaries: list[dict[str, Any]] = []
     failed = False
     try:
-        paths = expand_sources(args.files)
+        paths = expand_sources(args.scenes)
     except SourceError as exc:
         print(f"drivetune inspect: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""`drivetune render`: draw a scenario's map, agents and trajectories (and optional rollouts) to a PNG.
+"""`drivetune render`: draw a scenario's map, agents and trajectories (and optional rollouts) to PNG / JPEG / SVG /
+PDF.
 
 Works on any Scene: synthetic or real WOMD, from TFRecords or shard directories.
 """
@@ -21,6 +22,7 @@ TYPE_COLORS = {AgentType.VEHICLE: "#1f77b4", AgentType.PEDESTRIAN: "#ff7f0e", Ag
 SDC_COLOR = "#d62728"
 YELLOW_LINES = {RoadLineType.BROKEN_SINGLE_YELLOW, RoadLineType.BROKEN_DOUBLE_YELLOW, RoadLineType.SOLID_SINGLE_YELLOW,
                 RoadLineType.SOLID_DOUBLE_YELLOW, RoadLineType.PASSING_DOUBLE_YELLOW}
+IMAGE_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "svg": "svg", "pdf": "pdf"}  # suffix -> format
 BROKEN_LINES = {RoadLineType.BROKEN_SINGLE_WHITE, RoadLineType.BROKEN_SINGLE_YELLOW, RoadLineType.BROKEN_DOUBLE_YELLOW}
 
 
@@ -52,7 +54,8 @@ def _view(scene: Scene, step: int, radius: float | None) -> tuple[float, float, 
 
 def render_scene(scene: Scene, out_path: str | os.PathLike, rollouts: np.ndarray | None = None,
                  step: int | None = None, radius: float | None = None, dpi: int = 130) -> Path:
-    """Draw the scene at `step` (default: the current step) to a PNG, atomically.
+    """Draw the scene at `step` (default: the current step) to an image file, atomically; the format follows the
+    suffix (`IMAGE_FORMATS`), anything else is a ValueError.
 
     rollouts: optional xy [R, A_sim, 80, 2] of the sim agents (tracks valid at the current step, in track order).
     """
@@ -65,7 +68,10 @@ def render_scene(scene: Scene, out_path: str | os.PathLike, rollouts: np.ndarray
 
     step = scene.current_time_index if step is None else int(step)
     if not 0 <= step < scene.num_steps:
-        raise ValueError(f"step {step} outside [0, {scene.num_steps})")
+        raise ValueError(f"step {step} outside [0, {scene.num_steps}) of scenario {scene.scenario_id}")
+    if radius is not None and not radius > 0:
+        raise ValueError(f"radius must be a positive number of metres, got {radius}")
+    fmt = image_format(out_path)
     fig, ax = plt.subplots(figsize=(10.2, 8.5))
     ax.set_facecolor("#f4f4f2")
     x0, x1, y0, y1 = _view(scene, step, radius)
@@ -157,24 +163,40 @@ def render_scene(scene: Scene, out_path: str | os.PathLike, rollouts: np.ndarray
     out = Path(out_path)
     try:
         with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
+            fig.savefig(tmp, dpi=dpi, format=fmt)
     finally:
         plt.close(fig)
     return out
 
 
+def image_format(path: str | os.PathLike) -> str:
+    """The matplotlib format of an output path from its suffix; ValueError for a suffix we do not write."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: cannot write a {suffix or 'suffix-less'!r} image; use one of "
+                         f"{', '.join('.' + s for s in IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scene_file", help="Scenario TFRecord file, shard directory or glob")
+    from drivetune.cli import add_scenes_argument
+
+    add_scenes_argument(parser)
     parser.add_argument("--scenario-id", default=None, help="scenario to draw (default: the first)")
-    parser.add_argument("--out", required=True, help="output PNG path")
-    parser.add_argument("--step", type=int, default=None, help="step to draw boxes and signals at (default: current)")
-    parser.add_argument("--radius", type=float, default=None, help="half-width of the view around the SDC, m")
+    parser.add_argument("--out", required=True, help=f"output image ({', '.join('.' + s for s in IMAGE_FORMATS)})")
+    parser.add_argument("--step", type=int, default=None,
+                        help="step (0-90) to draw boxes and signals at (default: the current step, 10)")
+    parser.add_argument("--radius", type=float, default=None,
+                        help="half-width in metres of a fixed view around the SDC (default: framed to the agents)")
 
 
 def run(args: argparse.Namespace) -> int:
     from drivetune.sources import load_scene
 
-    scene = load_scene(args.scene_file, args.scenario_id)
+    image_format(args.out)  # refuse a bad suffix before reading anything
+    if args.radius is not None and not args.radius > 0:
+        raise ValueError(f"--radius must be a positive number of metres, got {args.radius}")
+    scene = load_scene(args.scenes, args.scenario_id)
     out = render_scene(scene, args.out, step=args.step, radius=args.radius)
     print(f"wrote {out} (scenario {scene.scenario_id})")
     return 0

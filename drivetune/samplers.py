@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from drivetune.tokenizer import TorchVocab, nearest_tokens
-from drivetune.tokenizer.layout import box_corners, compose, mean_corner_distance, relative
+from drivetune.tokenizer.layout import box_corners, mean_corner_distance, relative
 
 SAMPLERS = ("topk", "catk", "warmk", "greedy")
 
@@ -67,11 +67,6 @@ class SampleResult:
     sampler_logp: torch.Tensor  # [N] log-prob of the token under the distribution actually sampled from
     topk: torch.Tensor  # [N, K] long, candidate ids in descending logit order
     sft_target: torch.Tensor | None = None  # [N] long, -1 where the log is invalid
-
-
-def warm_start(prev_pose: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-    """Warm-K's warm start in world frame: repeat the last 0.5 s rigid motion (constant speed and yaw rate)."""
-    return compose(pose, relative(prev_pose, pose))
 
 
 # ------------------------------------------------------------------------------------------------ seeding

@@ -237,7 +237,3 @@ class Scene:
                 return False
         return True
 
-
-def empty_ragged(num_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets [F+1], ids [0]) for a ragged id list with no entries."""
-    return np.zeros(num_features + 1, np.int64), np.zeros(0, np.int64)

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -144,9 +144,13 @@ def write_shard(path: str | os.PathLike, scenes: Iterable[Scene]) -> dict[str, A
     }
 
 
-def read_shard(path: str | os.PathLike, scenario_ids: Iterable[str] | None = None) -> list[Scene]:
-    """Scenes of one shard file (optionally only the given scenario ids)."""
+def read_shard(path: str | os.PathLike, scenario_ids: Iterable[str] | None = None,
+               sha256: str | None = None) -> list[Scene]:
+    """Scenes of one shard file (optionally only the given scenario ids). With `sha256` (the manifest's) the file
+    is verified first (`verify_shard`), so a corrupted shard raises instead of reading back altered data."""
     path = Path(path)
+    if sha256 is not None:
+        verify_shard(path, sha256)
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -162,6 +166,27 @@ def read_shard(path: str | os.PathLike, scenario_ids: Iterable[str] | None = Non
     if pf.metadata.num_row_groups == len(ids):  # our layout: one row group per scene, read only those
         return scenes_from_table(pf.read_row_groups(rows), str(path))
     return scenes_from_table(pf.read().take(rows), str(path))
+
+
+# (resolved path, size, mtime_ns) -> sha256 of files this process has verified; a rewrite changes the key
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def verify_shard(path: str | os.PathLike, sha256: str) -> None:
+    """Raise ShardError unless the file's sha256 is `sha256` (hashed once per process while size and mtime stay)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ShardError(f"{path}: shard listed in the manifest cannot be read ({exc})") from exc
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if _VERIFIED.get(key) == sha256:
+        return
+    found = file_sha256(path)
+    if found != sha256:
+        raise ShardError(f"{path}: shard is corrupted or was changed after ingest (sha256 {found[:12]}... differs "
+                         f"from the manifest's {sha256[:12]}...); re-run `drivetune ingest` to rebuild it")
+    _VERIFIED[key] = sha256
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -187,6 +212,15 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
             f"version {SCHEMA_VERSION}); re-ingest the data with this version"
         )
     return manifest
+
+
+def listed_sha256(path: str | os.PathLike) -> str | None:
+    """The sha256 the manifest beside a shard file records for it (None when no manifest lists the file)."""
+    path = Path(path)
+    if not (path.parent / MANIFEST).exists():
+        return None
+    entry = read_manifest(path.parent)["shards"].get(path.name)
+    return None if entry is None else entry["sha256"]
 
 
 def write_manifest(directory: str | os.PathLike, shards: dict[str, dict[str, Any]]) -> None:
@@ -242,18 +276,23 @@ class ShardStore:
         return [sid for e in self.shards.values() for sid in e["scenario_ids"]]
 
     def __iter__(self) -> Iterator[Scene]:
-        for path in self.paths():
-            yield from read_shard(path)
+        for path, entry in zip(self.paths(), self.shards.values()):
+            yield from read_shard(path, sha256=entry["sha256"])
 
     def __contains__(self, scenario_id: str) -> bool:
         return scenario_id in self._index
 
-    def get(self, scenario_id: str) -> Scene:
-        """The scene with this id (reads one row group of one shard)."""
+    def shard_of(self, scenario_id: str) -> str:
+        """The name of the shard file holding this scenario id."""
         name = self._index.get(scenario_id)
         if name is None:
             raise ShardError(f"{self.directory}: scenario {scenario_id!r} not in the manifest")
-        found = read_shard(self.directory / name, [scenario_id])
+        return name
+
+    def get(self, scenario_id: str) -> Scene:
+        """The scene with this id (reads one row group of one shard)."""
+        name = self.shard_of(scenario_id)
+        found = read_shard(self.directory / name, [scenario_id], sha256=self.shards[name]["sha256"])
         if not found:
             raise ShardError(f"{self.directory / name}: scenario {scenario_id!r} listed in the manifest but missing")
         return found[0]
@@ -273,10 +312,30 @@ class ShardStore:
                     problems.append(str(exc))
         return problems
 
-    def to_ray_dataset(self, **read_kwargs: Any):
-        """The shards as a Ray Dataset (one row per scene; `scene_from_row` turns a row back into a Scene)."""
+    def to_ray_dataset(self, keep: Callable[[str], bool] | None = None):
+        """The scenes as a Ray Dataset, one row per scene in the shard schema (`scene_from_row` turns a row back into
+        a Scene). Each shard is read by a Ray task that first checks its sha256 against the manifest; `keep` (a
+        picklable predicate on scenario ids, e.g. a train/eval split) drops rows in that task."""
         import ray.data
 
-        for path in self.paths():
-            check_version(pq.read_schema(path), str(path))
-        return ray.data.read_parquet([str(p) for p in self.paths()], **read_kwargs)
+        items = [{"path": str(p), "sha256": e["sha256"]} for p, e in zip(self.paths(), self.shards.values())]
+        if not items:
+            raise ShardError(f"{self.directory}: the manifest lists no shards")
+        return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _read_shard_table, batch_size=1, batch_format="pyarrow", fn_kwargs={"keep": keep})
+
+
+def _read_shard_table(batch: pa.Table, keep: Callable[[str], bool] | None) -> pa.Table:
+    """Ray Data task: the verified shard(s) named in `batch` as one Arrow table (rows failing `keep` dropped)."""
+    tables = []
+    for path, sha in zip(batch.column("path").to_pylist(), batch.column("sha256").to_pylist()):
+        verify_shard(path, sha)
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ShardError(f"{path}: not a readable Parquet shard ({exc})") from exc
+        check_version(table.schema, path)
+        if keep is not None:
+            table = table.filter(pa.array([keep(i) for i in table.column("scenario_id").to_pylist()], pa.bool_()))
+        tables.append(table.cast(SCHEMA))
+    return pa.concat_tables(tables)

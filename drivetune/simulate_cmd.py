@@ -1,4 +1,4 @@
-"""`drivetune simulate --checkpoint CKPT --scenes FILE_OR_SHARDS --rollouts 32 --sampler warmk --out DIR`.
+"""`drivetune simulate SCENES... --checkpoint CKPT --rollouts 32 --sampler warmk --out DIR`.
 
 Rolls closed-loop rollouts of a checkpoint on scenes and writes, under DIR:
   - `rollouts/<scenario_id>.npz` in the realism CLI format (`object_id` [A], `x`/`y`/`z`/`heading` [R, A, 80]);
@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from drivetune.atomic import atomic_write_bytes
-from drivetune.realism import mean_metrics
-from drivetune.samplers import SAMPLERS, SamplerConfig
+from drivetune.cli import CommandError, add_scenes_argument, check_device
+from drivetune.progress import progress
+
+SAMPLER_KINDS = ("topk", "catk", "warmk", "greedy")  # drivetune.samplers.SAMPLERS, spelled here so --help needs no torch
 
 TABLE_FIELDS = (
     ("metametric", "meta"),
@@ -35,12 +37,13 @@ TABLE_FIELDS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_scenes_argument(parser)
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint directory, or a training run directory (its latest checkpoints/step_*)")
-    parser.add_argument("--scenes", required=True, help="TFRecord file, directory, glob or Parquet shard directory")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (WOSAC: 32)")
-    parser.add_argument("--sampler", default="topk", choices=SAMPLERS)
+    parser.add_argument("--sampler", default="topk", choices=SAMPLER_KINDS,
+                        help="token sampler (docs/samplers.md): top-K, CAT-K, Warm-K or greedy")
     parser.add_argument("--k", type=int, default=32, help="top-K size")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-K and Warm-K)")
     parser.add_argument("--warm-lambda", type=float, default=1.0, help="Warm-K lambda (logits per metre)")
@@ -48,12 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sdc", default="policy", choices=("policy", "log"),
                         help="SDC driven by the policy or replayed from the log")
     parser.add_argument("--scenario-id", action="append", default=None, help="only these scenarios (repeatable)")
-    parser.add_argument("--max-scenes", type=int, default=None)
+    parser.add_argument("--max-scenes", type=int, default=None, help="stop after this many scenes (default: all)")
     parser.add_argument("--batch-scenes", type=int, default=1, help="scenes simulated together in one batch")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--config", default="2025", choices=("2025", "2024"), help="realism metric config")
     parser.add_argument("--submission", action="store_true", help="also write the official submission proto")
-    parser.add_argument("--shards", type=int, default=1, help="submission shards")
+    parser.add_argument("--submission-shards", type=int, default=1,
+                        help="number of submission.binproto-*-of-N files written with --submission")
     parser.add_argument("--render", action="store_true", help="draw each scene with its rollouts to PNG")
 
 
@@ -84,6 +88,8 @@ def _batches(it, size: int):
 
 def format_table(rows: list[dict]) -> str:
     """Realism table: one line per scene plus the mean."""
+    from drivetune.realism import mean_metrics
+
     head = f"{'scenario':<18}" + "".join(f"{short:>8}" for _, short in TABLE_FIELDS)
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -98,31 +104,40 @@ def _write_json(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, [json.dumps(payload, indent=2).encode()])
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Bad arguments as CommandError, before anything is loaded."""
+    if args.rollouts < 1 or args.batch_scenes < 1:
+        raise CommandError(f"--rollouts and --batch-scenes must be >= 1 (got {args.rollouts}, {args.batch_scenes})")
+    if args.max_scenes is not None and args.max_scenes < 1:
+        raise CommandError(f"--max-scenes must be >= 1, got {args.max_scenes}")
+    if args.submission and args.rollouts != 32:
+        raise CommandError(f"an official submission needs 32 rollouts per scene, got --rollouts {args.rollouts}")
+    if args.submission_shards < 1:
+        raise CommandError(f"--submission-shards must be >= 1, got {args.submission_shards}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} exists and is not a directory")
+    check_device(args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
-    from drivetune.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+    from drivetune.checkpoint import load_checkpoint, resolve_checkpoint
     from drivetune.closed_loop import simulate
-    from drivetune.realism import realism_metrics
+    from drivetune.realism import mean_metrics, realism_metrics
+    from drivetune.samplers import SamplerConfig
 
+    _check(args)
     sampler = SamplerConfig(kind=args.sampler, k=args.k, temperature=args.temperature, warm_lambda=args.warm_lambda)
-    try:
-        sampler.validate()
-        if args.rollouts < 1 or args.batch_scenes < 1:
-            raise ValueError(f"--rollouts and --batch-scenes must be >= 1 (got {args.rollouts}, {args.batch_scenes})")
-        if args.submission and args.rollouts != 32:
-            raise ValueError(f"an official submission needs 32 rollouts per scene, got --rollouts {args.rollouts}")
-        model, meta = load_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
-    except (ValueError, OSError, CheckpointError) as e:
-        print(f"drivetune simulate: error: {e}", file=sys.stderr)
-        return 2
+    sampler.validate()
+    model, meta = load_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     vocab = model.vocab.to_torch(args.device)
     out = Path(args.out)
     (out / "rollouts").mkdir(parents=True, exist_ok=True)
     rows, items, sim_seconds = [], [], 0.0
-    progress = tqdm(desc="simulate", unit="scene", file=sys.stderr)
+    bar = progress(args.max_scenes, "simulate", "scene")
     try:
         for scenes in _batches(_scenes(args), args.batch_scenes):
             t0 = time.perf_counter()
@@ -137,19 +152,15 @@ def run(args: argparse.Namespace) -> int:
                     items.append((scene.scenario_id, ro))
                 if args.render:
                     _render(scene, res, out / "render" / f"{scene.scenario_id}.png")
-            progress.update(len(scenes))
-    except (ValueError, OSError) as e:
-        print(f"drivetune simulate: error: {e}", file=sys.stderr)
-        return 2
+            bar.update(len(scenes))
     finally:
-        progress.close()
+        bar.close()
     if not rows:
-        print(f"drivetune simulate: error: no scenes matched in {args.scenes}", file=sys.stderr)
-        return 2
+        raise CommandError(f"no scenes matched in {' '.join(args.scenes)}")
     if args.submission:
         from drivetune.realism.submission import write_submission
 
-        paths = write_submission(out / "submission", items, num_shards=args.shards,
+        paths = write_submission(out / "submission", items, num_shards=args.submission_shards,
                                  metadata={"description": f"drivetune {args.sampler} rollouts of {args.checkpoint}"})
         print(f"submission: {', '.join(str(p) for p in paths)}")
     summary = mean_metrics(rows)

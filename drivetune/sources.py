@@ -1,7 +1,8 @@
 """Where scenes come from: TFRecord files, directories of them, globs, shard directories and Parquet shard files.
 
 A spec is a path or glob string (or a list of them). Expansion is deterministic: glob matches and directory contents
-are sorted, and a file reached twice is used once.
+are sorted, a file reached twice is used once, and hidden files (an interrupted atomic write's `.NAME.*.tmp*`) are
+never read from a directory or a glob.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Iterator, Sequence, Union
 
 from drivetune.scene import Scene
-from drivetune.shards import MANIFEST, ShardStore, read_shard
+from drivetune.shards import MANIFEST, ShardStore, listed_sha256, read_shard
 from drivetune.womd import read_scenes
 
 Spec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -24,7 +25,9 @@ class SourceError(ValueError):
 
 
 def _is_tfrecord_name(path: Path) -> bool:
-    return ".tfrecord" in path.name or path.suffix == ".tfrec"
+    """A visible TFRecord file name. Hidden files are skipped: `drivetune.atomic` writes `.NAME.*.tmp*` beside its
+    target, and a killed writer leaves one behind that must not count as input."""
+    return not path.name.startswith(".") and (".tfrecord" in path.name or path.suffix == ".tfrec")
 
 
 def expand_sources(spec: Spec) -> list[Path]:
@@ -47,7 +50,9 @@ def expand_sources(spec: Spec) -> list[Path]:
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 raise SourceError(f"{text}: glob matches nothing")
-            paths = [Path(m) for m in matches]
+            paths = [Path(m) for m in matches if not Path(m).name.startswith(".")]
+            if not paths:
+                raise SourceError(f"{text}: glob matches only hidden (temporary) files")
         else:
             paths = [Path(text)]
         for path in paths:
@@ -97,6 +102,6 @@ def iter_scenes(spec: Spec) -> Iterator[Scene]:
         if path.is_dir():
             yield from ShardStore(path)
         elif path.suffix == ".parquet":
-            yield from read_shard(path)
+            yield from read_shard(path, sha256=listed_sha256(path))
         else:
             yield from read_scenes(path)

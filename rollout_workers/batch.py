@@ -41,6 +41,7 @@ class RolloutBatch:
     group_rewards: dict[str, float] = field(default_factory=dict)
     topk: np.ndarray | None = None  # int64 [G, A, 16, K] candidate sets, when asked
     sft_target: np.ndarray | None = None  # int64 [G, A, 16], CAT-K only (-1 where the log is invalid)
+    seconds: dict[str, float] = field(default_factory=dict)  # worker time: "rollout" (its share), "reward"
 
     @property
     def group_size(self) -> int:

@@ -101,19 +101,24 @@ class RolloutWorker:
             raise StaleWeightsError(f"worker {os.getpid()} has no weights yet (call set_weights first)")
         t0 = time.perf_counter()
         resolved = [_resolve(s) for s in scenes]
+        t_sim = time.perf_counter()
         outs = simulate(self.model, self.vocab, resolved, group_size, sampler, base_seed=seed,
                         policy_version=self.version, **options)
+        share = (time.perf_counter() - t_sim) / len(resolved)
         sdc = options.get("sdc", "policy")
-        batches = [self._batch(scene, out, sampler, seed, sdc) for scene, out in zip(resolved, outs)]
+        batches = [self._batch(scene, out, sampler, seed, sdc, share) for scene, out in zip(resolved, outs)]
         if self._metrics is not None:
             self._metrics.task_done(len(batches), time.perf_counter() - t0)
         return batches
 
-    def _batch(self, scene: Scene, out: SceneRollouts, sampler: SamplerConfig, seed: int, sdc: str) -> RolloutBatch:
+    def _batch(self, scene: Scene, out: SceneRollouts, sampler: SamplerConfig, seed: int, sdc: str,
+               rollout_seconds: float) -> RolloutBatch:
         per_rollout, per_group = ({}, {})
+        t0 = time.perf_counter()
         if self.spec.rewards:
             per_rollout, per_group = group_rewards(scene, out, self.spec.reward_agents, self.spec.metric_config,
                                                    self.spec.device)
+        seconds = {"rollout": rollout_seconds, "reward": time.perf_counter() - t0}
         return RolloutBatch(
             scenario_id=out.scenario_id, object_ids=out.object_ids, track_index=out.track_index,
             agent_type=type_index(scene.track_types[out.track_index]).astype(np.int64), sdc=sdc,
@@ -122,6 +127,7 @@ class RolloutWorker:
             logp=out.logp, sampler_logp=out.sampler_logp, token_mask=out.token_mask,
             boundary_poses=out.boundary_poses, x=out.x, y=out.y, z=out.z, heading=out.heading,
             rewards=per_rollout, group_rewards=per_group, topk=out.topk, sft_target=out.sft_target,
+            seconds=seconds,
         )
 
 

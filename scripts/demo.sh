@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# drivetune demo, run by `make demo` from the repo root: the whole pipeline on the embedded default data (the
-# procedural synthetic world), then closed-loop rollouts of the pretrained model on a real WOMD scenario.
-#   synth -> ingest (Ray) -> inspect -> vocab build -> train pretrain (Ray Train) -> simulate (+ realism, submission)
-# Everything lands in runs/demo/. Re-running resumes: finished shards are skipped, training continues its run.
+# drivetune demo, run by `make demo` from the repo root: the product's story on the embedded default data (the
+# procedural synthetic world) and the real WOMD scenario in ../shared:
+#   synth -> ingest (Ray) -> vocab build -> train pipeline [BC pretrain (Ray Train) -> CAT-K SFT -> GRBO -> SFT]
+#   (Ray rollout workers + learner) -> eval (BC against every stage on held-out scenes) -> simulate + submission
+# Everything lands in runs/demo/. Re-running resumes: finished shards and finished stages are skipped.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -11,36 +12,46 @@ DT=.venv/bin/drivetune
 OUT=runs/demo
 SCENES=${DEMO_SCENES:-200}
 STEPS=${DEMO_STEPS:-150}
+RL_ITERS=${DEMO_RL_ITERS:-8}
 REAL=../shared/data/womd/motion_data_one_scenario.tfrecord
 mkdir -p "$OUT"
+SECONDS=0
 
-echo "== 1. generate $SCENES synthetic WOMD-format scenarios (TFRecords of official Scenario protos)"
+echo "== 1. generate $SCENES synthetic WOMD-format training scenarios and 8 held-out ones (another seed)"
 [[ -d "$OUT/synth" ]] || "$DT" synth --num-scenes "$SCENES" --out "$OUT/synth" --seed 7 --workers 2
+[[ -d "$OUT/heldout" ]] || "$DT" synth --num-scenes 8 --out "$OUT/heldout" --seed 8 --workers 1
 
-echo "== 2. ingest them into Parquet shards on a local Ray (2 workers, resumable)"
+echo "== 2. ingest the training scenes into Parquet shards on a local Ray (2 workers, resumable)"
 "$DT" ingest "$OUT/synth" --out "$OUT/shards" --shard-size 50 --workers 2 --no-progress
-
-echo "== 3. inspect the shards (per-scenario JSON in $OUT/inspect.json) and draw the first scene"
-"$DT" inspect "$OUT/shards" --json > "$OUT/inspect.json"
-.venv/bin/python -c "import json, sys; s = json.load(open(sys.argv[1])); print(len(s), 'scenarios; first:', \
-  {k: v for k, v in s[0].items() if not k.endswith('_ids')})" "$OUT/inspect.json"
 "$DT" render "$OUT/shards" --out "$OUT/synth_scene.png"
 
-echo "== 4. build the per-type motion vocabularies (k-disks)"
-[[ -f "$OUT/vocab.safetensors" ]] || "$DT" vocab build --shards "$OUT/shards" --out "$OUT/vocab.safetensors" \
+echo "== 3. build the per-type motion vocabularies (k-disks)"
+[[ -f "$OUT/vocab.safetensors" ]] || "$DT" vocab build "$OUT/shards" --out "$OUT/vocab.safetensors" \
   --sizes 256 128 128
 
-echo "== 5. pretrain the micro behaviour model with behaviour cloning on Ray Train ($STEPS steps)"
-"$DT" train pretrain --config configs/pretrain_micro.yaml run_dir="$OUT/pretrain" \
-  data.shards="$OUT/shards" data.vocab="$OUT/vocab.safetensors" max_steps="$STEPS"
+echo "== 4. train pipeline: BC pretraining ($STEPS steps) -> CAT-K closed-loop SFT -> GRBO ($RL_ITERS iterations) -> SFT"
+"$DT" train pipeline --config configs/pipeline_micro.yaml run_dir="$OUT/pipeline" shards="$OUT/shards" \
+  vocab="$OUT/vocab.safetensors" \
+  "stages=[{name: bc, kind: pretrain, config: configs/pretrain_micro.yaml, overrides: [max_steps=$STEPS, eval_scenes=8]},
+           {name: sft, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4]},
+           {name: grbo, kind: rft, config: configs/rft_grbo_micro.yaml, overrides: [max_iters=$RL_ITERS]},
+           {name: sft2, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4]}]"
+"$DT" lineage "$OUT/pipeline"
+"$DT" plot "$OUT/pipeline/02-grbo" --out "$OUT/grbo_curves.png"
 
+EVAL_SCENES=("$OUT/heldout")
+[[ -f "$REAL" ]] && EVAL_SCENES+=("$REAL")
+echo "== 5. evaluate BC against every stage: the same held-out scenes, seeds and sampler (32 rollouts)"
+"$DT" eval --checkpoints "$OUT"/pipeline/00-bc "$OUT"/pipeline/01-sft "$OUT"/pipeline/02-grbo \
+  "$OUT"/pipeline/03-sft2 --scenes "${EVAL_SCENES[@]}" --rollouts 32 --batch-scenes 2 --sampler topk --k 16 \
+  --out "$OUT/eval"
+
+echo "== 6. the post-trained model on the real WOMD scenario: rollouts, realism table, official submission, PNG"
 if [[ -f "$REAL" ]]; then
-  echo "== 6. closed-loop rollouts (32, Warm-K) on the real WOMD scenario, scored with the WOSAC 2025 metric"
-  "$DT" simulate --checkpoint "$OUT/pretrain" --scenes "$REAL" --rollouts 32 --sampler warmk \
+  "$DT" simulate "$REAL" --checkpoint "$OUT/pipeline/03-sft2" --rollouts 32 --sampler topk --k 16 \
     --out "$OUT/simulate" --submission --render
 else
-  echo "== 6. (../shared/data/womd not found: closed-loop rollouts on a synthetic scene instead)"
-  "$DT" simulate --checkpoint "$OUT/pretrain" --scenes "$OUT/shards" --max-scenes 1 --rollouts 32 \
-    --sampler warmk --out "$OUT/simulate" --render
+  echo "   (../shared/data/womd not found: skipped)"
 fi
-echo "== done: see $OUT/ (shards, vocab, pretrain checkpoints + metrics.jsonl, simulate/ rollouts, realism.json, PNGs)"
+echo "== done in ${SECONDS} s: see $OUT/ (pipeline stages + lineage, eval/eval.md + charts + side-by-side render,"
+echo "   grbo_curves.png, simulate/ rollouts + submission)"

@@ -118,8 +118,8 @@ def test_simulate_cli(setup, womd_637, tmp_path, capsys):
     scenes, tv, model = setup
     save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000003", model, {"step": 3})
     out = tmp_path / "sim"
-    args = ["simulate", "--checkpoint", str(tmp_path / "run"),  # a run directory: its latest checkpoint
-            "--scenes", str(womd_637), "--out", str(out), "--rollouts", "2",
+    args = ["simulate", str(womd_637), "--checkpoint", str(tmp_path / "run"),  # a run dir: its latest checkpoint
+            "--out", str(out), "--rollouts", "2",
             "--sampler", "warmk", "--k", "8", "--warm-lambda", "2"]
     assert main(args + ["--render"]) == 0
     table = capsys.readouterr().out
@@ -132,5 +132,4 @@ def test_simulate_cli(setup, womd_637, tmp_path, capsys):
     assert np.array_equal(Rollouts.load(out / "rollouts" / f"{scenes[0].scenario_id}.npz").x, ro.x)
     assert main(args + ["--submission"]) == 2  # an official submission needs 32 rollouts
     assert "32 rollouts" in capsys.readouterr().err
-    assert main(["simulate", "--checkpoint", str(tmp_path / "missing"), "--scenes", str(womd_637),
-                 "--out", str(out)]) == 2
+    assert main(["simulate", str(womd_637), "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 2

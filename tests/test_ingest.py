@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import sys
 import pytest
 
 from drivetune.cli import main
-from drivetune.ingest import ingest, plan_shards
+from drivetune import ingest as ingest_mod
+from drivetune.ingest import DuplicateScenarioError, ingest, plan_shards
 from drivetune.shards import ShardStore
 from drivetune.sources import expand_tfrecords
 from drivetune.womd import load_scene
@@ -59,15 +61,46 @@ def test_ingest_corrupt_copy_then_resume(ray_local, src, tmp_path, capsys, womd_
     assert "0 written, 3 already done and skipped" in captured.out and "payload CRC mismatch" in captured.err
     assert {p.name: p.stat().st_mtime_ns for p in ShardStore(out).paths()} == mtimes
 
-    # a tampered shard is rebuilt; the repaired source makes the run clean
+    # a tampered shard is rebuilt; the repaired source is a duplicate of another input: an error naming both
     tampered = out / "shard-00002.parquet"
     tampered.write_bytes(b"garbage")
     shutil.copyfile(src / "motion_data_one_scenario.tfrecord", src / "c_corrupt.tfrecord")
+    with pytest.raises(DuplicateScenarioError) as err:
+        ingest([str(src)], out, shard_size=1, workers=2, progress=False)
+    assert (f"'637f20cafde22ff8' in {(src / 'c_corrupt.tfrecord').resolve()} (record at byte offset 0) and in "
+            f"{(src / 'motion_data_one_scenario.tfrecord').resolve()} (record at byte offset 0)") in str(err.value)
+    assert not (out / "manifest.json").exists()  # the directory is not usable until the inputs are fixed
+    assert main(argv) == 2 and "1 duplicate scenario id(s)" in capsys.readouterr().err
+    (src / "c_corrupt.tfrecord").unlink()
     result = ingest([str(src)], out, shard_size=1, workers=2, progress=False)
-    assert sorted(result.written) == ["shard-00000.parquet", "shard-00002.parquet"]
-    assert result.skipped == ["shard-00001.parquet"] and result.errors == [] and result.scenes == 3
-    assert result.duplicate_ids == ["637f20cafde22ff8"]
-    assert ShardStore(out).verify() == []
+    assert result.errors == [] and result.scenes == 2 and len(result.written) + len(result.skipped) == 2
+    assert ShardStore(out).verify() == [] and sorted(ShardStore(out).scenario_ids()) == sorted(store.scenario_ids())
+
+
+def test_manifest_written_once_journal_resumes_and_lock_refuses(ray_local, src, tmp_path, monkeypatch, capsys):
+    (src / "c_corrupt.tfrecord").unlink()
+    out = tmp_path / "shards"
+    writes = []
+    real_write = ingest_mod.write_manifest
+    monkeypatch.setattr(ingest_mod, "write_manifest", lambda d, e: (writes.append(len(e)), real_write(d, e)))
+    result = ingest([str(src)], out, shard_size=1, workers=2, progress=False)
+    assert len(result.written) == 2 and writes == [0, 2]  # at the start and at the end, not once per shard
+    assert not (out / ingest_mod.JOURNAL_NAME).exists()
+
+    # an interrupted run: its finished shards are in the journal only; the next run keeps them
+    manifest = json.loads((out / "manifest.json").read_text())
+    lines = [json.dumps([name, entry]) for name, entry in manifest["shards"].items()]
+    (out / ingest_mod.JOURNAL_NAME).write_text("\n".join(lines) + '\n["shard-0000')  # torn last line
+    (out / "manifest.json").unlink()
+    result = ingest([str(src)], out, shard_size=1, workers=2, progress=False)
+    assert result.written == [] and len(result.skipped) == 2 and ShardStore(out).verify() == []
+
+    with ingest_mod.ingest_lock(out):  # another ingest holds the directory
+        with pytest.raises(ingest_mod.IngestLockedError, match=f"another ingest \\(pid {os.getpid()}\\)"):
+            ingest([str(src)], out, shard_size=1, workers=2, progress=False)
+        assert main(["ingest", str(src), "--out", str(out), "--no-progress"]) == 2
+        assert "is writing into this directory" in capsys.readouterr().err
+    assert ingest([str(src)], out, shard_size=1, workers=2, progress=False).skipped  # released
 
 
 def test_ingest_truncated_file_and_fewer_shards(ray_local, src, tmp_path, womd_637, womd_ee5):

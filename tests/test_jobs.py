@@ -77,7 +77,7 @@ def test_pretrain_job_succeeds_with_artifacts_and_logs(head, tiny_data, tmp_path
                 "python", "-m", "drivetune.cli", "train", "pretrain", "--config", "configs/pretrain_micro.yaml",
                 f"data.shards={tiny_data / 'shards'}", f"data.vocab={tiny_data / 'vocab.safetensors'}",
                 f"run_dir={run_dir}", "max_steps=4", "log_every=2", "checkpoint_every=2", "batch_size=1",
-                "data.eval_fraction=0", "data.max_agents=16", "eval_scenes=2", "eval_rollouts=1")
+                "data.eval_fraction=0", "eval_scenes=2", "eval_rollouts=1")
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     assert _get(head, f"/api/jobs/{job_id}")["status"] == "SUCCEEDED"
     logs = _ray(head, "logs", job_id, timeout=120)

@@ -52,7 +52,7 @@ def _value(samples, name: str, **labels: str) -> float | None:
 def test_driver_and_rollout_worker_metrics_reach_prometheus(ray_local, womd_637):
     run = f"metrics-test-{os.getpid()}"
     metrics = RayMetrics(tags={"run": run, "stage": "rft"})
-    values = {"kl": 0.0125, "reward/collision": -0.5, "groups_per_s": 3, "bad": float("nan"), "also_bad": "high",
+    values = {"kl_k3": 0.0125, "reward/collision": -0.5, "groups_per_s": 3, "bad": float("nan"), "also_bad": "high",
               "flag": True}
     metrics.record(values)
     assert set(metrics.skipped) == {"bad", "also_bad", "flag"}
@@ -66,7 +66,7 @@ def test_driver_and_rollout_worker_metrics_reach_prometheus(ray_local, womd_637)
         assert worker.startswith("drivetune-rollout-")
         pool.set_weights(weights, 1)
         assert len(list(pool.generate(scenes, GROUP, SAMPLER, SEED))) == 2
-        wanted = {"kl": ("ray_drivetune_kl", {"run": run, "stage": "rft"}, 0.0125),
+        wanted = {"kl": ("ray_drivetune_kl_k3", {"run": run, "stage": "rft"}, 0.0125),
                   "reward": ("ray_drivetune_reward_collision", {"run": run}, -0.5),
                   "throughput": ("ray_drivetune_groups_per_s", {"run": run}, 3.0),
                   "groups": ("ray_drivetune_rollout_groups_total", {"worker": worker}, 2.0)}

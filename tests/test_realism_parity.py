@@ -15,7 +15,7 @@ from drivetune.realism.submission import read_submission, validate_scenario_roll
 from drivetune.womd import load_scene
 
 CASES = ("logged_replay", "logged_noise_small", "const_velocity", "test_submission")
-TOL = 1e-3
+TOL = 1e-5  # measured max |delta| over every field and case: 2.4e-7
 BUCKETS = ("kinematic_metrics", "interactive_metrics", "map_based_metrics")
 
 
@@ -57,8 +57,11 @@ def test_per_step_features_match_official(case, scene, oracle_dir):
     with torch.no_grad():
         feats = compute_features(batch, [scene])
     valid = ref["log_valid"][0]
-    for name, tol in (("linear_speed", 1e-4), ("angular_speed", 1e-4), ("time_to_collision", 1e-4),
-                      ("distance_to_road_edge", 5e-3), ("distance_to_nearest_object", 5e-3)):
+    # measured max |delta|: speeds and TTC <= 3.8e-6; the distances of the noisy case 4.6e-4 (road edge) and 2.2e-3
+    # (nearest object): per-step values where a box corner sits on a float32 rounding boundary at absolute
+    # coordinates; the histogram-based metric fields above agree to 2.4e-7
+    for name, tol in (("linear_speed", 1e-5), ("angular_speed", 1e-5), ("time_to_collision", 1e-5),
+                      ("distance_to_road_edge", 1e-3), ("distance_to_nearest_object", 3e-3)):
         ours = feats[name][0].double().numpy()
         theirs = np.concatenate([ref[f"log_{name}"], ref[f"sim_{name}"]]).astype(np.float64)
         if name == "distance_to_nearest_object":  # values above the histogram ceiling are only bounded

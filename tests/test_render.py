@@ -37,7 +37,7 @@ def test_render_synthetic_scene_with_rollouts(tmp_path):
 
 def test_render_cli_on_real_womd(womd_637, tmp_path, capsys):
     out = tmp_path / "womd.png"
-    args = argparse.Namespace(scene_file=str(womd_637), scenario_id="637f20cafde22ff8", out=str(out), step=None,
+    args = argparse.Namespace(scenes=[str(womd_637)], scenario_id="637f20cafde22ff8", out=str(out), step=None,
                               radius=None)
     assert run(args) == 0
     assert _is_png(out)
@@ -48,7 +48,7 @@ def test_render_cli_picks_scenario_by_id_and_names_missing_ones(tmp_path):
     scenes = [generate(4, i) for i in range(2)]
     path = tmp_path / "two.tfrecord"
     write_scenes(path, scenes)
-    args = argparse.Namespace(scene_file=str(path), scenario_id=scenes[1].scenario_id, out=str(tmp_path / "b.png"),
+    args = argparse.Namespace(scenes=[str(path)], scenario_id=scenes[1].scenario_id, out=str(tmp_path / "b.png"),
                               step=50, radius=40.0)
     assert run(args) == 0 and _is_png(tmp_path / "b.png")
     args.scenario_id = "nope"

@@ -10,7 +10,7 @@ import torch
 
 from drivetune.closed_loop import sim_agents, simulate
 from drivetune.model import BehaviorModel, ModelConfig
-from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_uniforms, sample, warm_start
+from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_uniforms, sample
 from drivetune.tokenizer import MotionVocab, build_vocab, tokenize_scene
 from drivetune.tokenizer.layout import box_corners, compose, mean_corner_distance, relative
 from drivetune.tokenizer.matching import boundary_poses
@@ -59,16 +59,31 @@ def test_rollout_seeds_are_pure_and_distinct():
     assert not torch.equal(rollout_uniforms(a[0], 16, 5), rollout_uniforms(a[1], 16, 5))
 
 
-def test_warm_start_continues_an_arc(tv):
-    """Repeating the last motion = constant speed and yaw rate: three poses on one circle, equally spaced."""
-    arc = tv.poses[0, 1 + 2 * 5 + 4]  # speed 5 m/s, yaw rate 0.4 rad/s
+def continuation(prev_pose: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """Warm-K's warm start computed independently of the sampler, in world frame: repeat the last 0.5 s rigid
+    motion (constant speed and yaw rate). The sampler works in the current pose's frame instead."""
+    return compose(pose, relative(prev_pose, pose))
+
+
+def test_warmk_continues_an_arc_and_a_stop(tv):
+    """Through `sample`: with every token a candidate, flat logits and a huge λ, Warm-K picks the token that repeats
+    the last motion: the same arc (constant speed and yaw rate), or no motion for a stopped agent."""
+    arc_id = 1 + 2 * 5 + 4  # speed 5 m/s, yaw rate 0.4 rad/s
+    arc = tv.poses[0, arc_id]
     p0 = torch.tensor([1.0, 2.0, 0.7])
     p1 = compose(p0, arc[-1])
-    p2 = warm_start(p0, p1)
-    assert torch.allclose(p2, compose(p1, arc[-1]), atol=1e-5)
-    assert math.isclose(float(p2[2] - p1[2]), 0.4 * 0.5, abs_tol=1e-5)
-    # A stopped agent stays put.
-    assert torch.allclose(warm_start(p0, p0), p0)
+    assert torch.allclose(continuation(p0, p1), compose(p1, arc[-1]), atol=1e-5)
+    n, V = 3, tv.num_tokens
+    cfg = SamplerConfig(kind="warmk", k=V, warm_lambda=1e6)
+    inp = StepInputs(logits=torch.zeros(n, V), uniforms=torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64),
+                     pose=p1.expand(n, 3), type_idx=torch.zeros(n, dtype=torch.long), vocab=tv,
+                     prev_pose=p0.expand(n, 3))
+    assert sample(cfg, inp).token.tolist() == [arc_id] * n
+    inp.prev_pose = p1.expand(n, 3)  # stopped: prev == pose
+    assert sample(cfg, inp).token.tolist() == [0] * n
+    inp.prev_pose = None
+    with pytest.raises(ValueError, match="prev_pose"):
+        sample(cfg, inp)
 
 
 def test_greedy_and_topk_support(tv):
@@ -124,7 +139,7 @@ def test_warmk_huge_lambda_is_deterministic_and_picks_the_continuation(tv):
     cand = logits[0].topk(k).indices
     ends = compose(pose.expand(k, 3), tv.poses[0, cand, -1])
     box = tv.boxes[0].expand(k, 2)
-    dist = mean_corner_distance(box_corners(ends, box), box_corners(warm_start(prev, pose[None]).expand(k, 3), box))
+    dist = mean_corner_distance(box_corners(ends, box), box_corners(continuation(prev, pose[None]).expand(k, 3), box))
     assert int(out.token[0]) == int(cand[dist.argmin()])
     if 1 + 3 * 5 + 1 in cand.tolist():  # the exact continuation is a candidate: it must be chosen
         assert int(out.token[0]) == 1 + 3 * 5 + 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,6 +22,7 @@ from drivetune.shards import (
     write_shards,
 )
 from drivetune import sources
+from drivetune.scene_sampling import in_fraction, is_eval_id, sample_scenes, split_ids
 from drivetune.sources import SourceError, expand_sources, iter_scenes
 from drivetune.womd import load_scene
 
@@ -74,6 +77,24 @@ def test_verify_detects_tampering(store):
     assert store.verify() == [f"{path}: sha256 differs from the manifest"]
 
 
+def test_flipped_byte_is_an_error_not_altered_data(ray_local, store, scenes):
+    assert store.get("ee519cf571686d19").equals(scenes[1])  # verified once, then cached for this process
+    path = store.paths()[0]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x04  # inside a data page of the first scene's row group
+    path.write_bytes(bytes(data))
+    corrupt = f"{path}: shard is corrupted or was changed after ingest"
+    with pytest.raises(ShardError, match=corrupt):
+        store.get("ee519cf571686d19")
+    with pytest.raises(ShardError, match=corrupt):
+        list(ShardStore(store.directory))
+    with pytest.raises(ShardError, match=corrupt):
+        list(iter_scenes(path))  # a shard file named on its own is checked against the manifest beside it
+    with pytest.raises(Exception, match="shard is corrupted"):
+        store.to_ray_dataset().take_all()
+    assert read_shard(store.paths()[1], sha256=store.shards["shard-00001.parquet"]["sha256"])  # others still read
+
+
 def test_unknown_schema_version(tmp_path, scenes):
     table = scenes_to_table(scenes[:1])
     table = table.replace_schema_metadata({VERSION_KEY: b"99"})
@@ -121,3 +142,29 @@ def test_ray_dataset(ray_local, store, scenes):
     rows = sorted(ds.take_all(), key=lambda r: r["scenario_id"])
     assert scene_from_row(rows[-1]).equals(scenes[1])
     assert scene_from_row(rows[0]).equals(scenes[0])
+
+
+def test_split_and_sample_scenes(tmp_path, scenes):
+    ids = [f"{i:016x}" for i in np.random.default_rng(0).integers(0, 2**62, 10_000)]
+    train, held = split_ids(ids, 0.1)
+    assert sorted(train + held) == sorted(ids) and not set(train) & set(held)
+    assert held == [i for i in ids if is_eval_id(i, 0.1)] and abs(len(held) / len(ids) - 0.1) < 0.01
+    assert split_ids(ids, 0.0) == (ids, [])
+
+    copies = [dataclasses.replace(scenes[0], scenario_id=f"s{i:03d}") for i in range(40)]
+    store = write_shards(tmp_path / "many", copies, shard_size=8)
+    train_ids, eval_ids = split_ids(store.scenario_ids(), 0.25)
+    got = sample_scenes(store, 5, seed=3, split="train", eval_fraction=0.25)
+    assert len({s.scenario_id for s in got}) == 5 and {s.scenario_id for s in got} <= set(train_ids)
+    assert got[0].equals(dataclasses.replace(scenes[0], scenario_id=got[0].scenario_id))
+    assert [s.scenario_id for s in sample_scenes(store, 5, 3, split="train", eval_fraction=0.25)] == \
+        [s.scenario_id for s in got]  # seeded
+    assert [s.scenario_id for s in sample_scenes(store, 5, 4, eval_fraction=0.25)] != [s.scenario_id for s in got]
+    held = sample_scenes(store, len(eval_ids), 0, split="eval", eval_fraction=0.25)
+    assert sorted(s.scenario_id for s in held) == sorted(eval_ids)
+    part = [sid for sid in train_ids if in_fraction(sid, 0.3)]
+    assert 0 < len(part) < len(train_ids)
+    assert sorted(s.scenario_id for s in sample_scenes(store, len(part), 1, fraction=0.3, eval_fraction=0.25)) == \
+        sorted(part)
+    with pytest.raises(ValueError, match="cannot sample"):
+        sample_scenes(store, len(part) + 1, 1, fraction=0.3, eval_fraction=0.25)

@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drivetune.cli import CommandError
 from drivetune.scene import HEADING, LENGTH, RED_SIGNAL_STATES, WIDTH, X, Y, AgentType, MapFeatureType, SignalState
 from drivetune.synth import cli as synth_cli
 from drivetune.synth.geometry import box_corners
-from drivetune.synth.safety import kinematic_violations, overlap_pairs
 from drivetune.womd import read_scenes, write_scenes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from edge_distance import signed_edge_distance  # noqa: E402
+from motion_checks import kinematic_outliers, overlapping_boxes  # noqa: E402
+
+MAX_ACCEL, MAX_YAW_RATE = 8.0, 1.5  # the safety pass's promise (README): |acceleration| m/s², |yaw rate| rad/s
 
 NUM_SCENES = 200
 
@@ -42,7 +45,8 @@ def test_cli_is_byte_identical_across_worker_counts(tmp_path):
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        args = argparse.Namespace(num_scenes=5, out=str(out), seed=9, workers=workers, scenes_per_file=2)
+        args = argparse.Namespace(num_scenes=5, out=str(out), seed=9, workers=workers, scenes_per_file=2,
+                                  no_progress=True)
         assert synth_cli.run(args) == 0
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert len(outs[0]) == 3 and outs[0] == outs[1]
@@ -58,9 +62,9 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     bad = [dict(num_scenes=0, out=str(tmp_path / "o")), dict(num_scenes=2, out=str(f)),
            dict(num_scenes=2, out=str(tmp_path / "o"), workers=0)]
     for kw in bad:
-        args = argparse.Namespace(**{"seed": 0, "workers": 1, "scenes_per_file": 50, **kw})
-        assert synth_cli.run(args) == 2
-    assert "error" in capsys.readouterr().err
+        args = argparse.Namespace(**{"seed": 0, "workers": 1, "scenes_per_file": 50, "no_progress": True, **kw})
+        with pytest.raises(CommandError, match="--num-scenes must be positive|not a directory|must be positive"):
+            synth_cli.run(args)
 
 
 def test_agent_counts_and_prediction_targets(scenes):
@@ -81,11 +85,21 @@ def test_agent_counts_and_prediction_targets(scenes):
     assert partial > NUM_SCENES, "expected agents entering/leaving the scene"
 
 
+def _overlaps(s):
+    return overlapping_boxes(s.states, s.valid, X, Y, HEADING, LENGTH, WIDTH)
+
+
 def test_no_overlapping_boxes(scenes):
-    for s in scenes:
-        pairs = overlap_pairs(s.states[..., X:Y + 1], s.states[..., HEADING], s.states[:, 10, LENGTH],
-                              s.states[:, 10, WIDTH], s.valid, inflate=0.0)
-        assert pairs == [], f"{s.scenario_id}: overlapping tracks {pairs[:5]}"
+    """Every step of 50 scenes, box intersection by polygon clipping (tests/motion_checks.py)."""
+    for s in scenes[:50]:
+        hits = _overlaps(s)
+        assert hits == [], f"{s.scenario_id}: overlapping boxes (i, j, step) {hits[:5]}"
+    # the checker is not vacuous: put an agent onto its neighbour's box at the current step
+    s = copy.deepcopy(scenes[0])
+    c = s.current_time_index
+    a, b = np.flatnonzero(s.valid[:, c])[:2]
+    s.states[b, c, [X, Y, HEADING]] = s.states[a, c, [X, Y, HEADING]] + [0.5, 0.2, 0.3]
+    assert (min(a, b), max(a, b), c) in _overlaps(s)
 
 
 def test_vehicles_stay_on_the_drivable_area(scenes):
@@ -168,11 +182,21 @@ def test_no_red_light_running(scenes):
     assert _red_light_violations(forced)[0] > 0
 
 
+def _kinematic_outliers(s):
+    return kinematic_outliers(s.states[..., X:Y + 1], s.states[..., HEADING], s.valid,
+                              s.track_types != AgentType.PEDESTRIAN, MAX_ACCEL, MAX_YAW_RATE)
+
+
 def test_physical_accelerations_and_yaw_rates(scenes):
     for s in scenes:
-        yaw = s.track_types != AgentType.PEDESTRIAN
-        bad = kinematic_violations(s.states[..., X:Y + 1], s.states[..., HEADING], s.valid, yaw)
-        assert not bad.any(), f"{s.scenario_id}: tracks {np.flatnonzero(bad)}"
+        bad = _kinematic_outliers(s)
+        assert not bad, f"{s.scenario_id}: (track, quantity, value) {bad[:5]}"
+    # the checker is not vacuous: a 1 m jump and a 0.3 rad heading flick on one vehicle are found
+    s = copy.deepcopy(scenes[0])
+    v = int(s.sdc_index)
+    s.states[v, 40:, X] += 1.0
+    s.states[v, 60, HEADING] += 0.3
+    assert {(v, "accel"), (v, "yaw rate")} <= {(a, q) for a, q, _ in _kinematic_outliers(s)}
 
 
 def test_signal_phases_never_give_conflicting_approaches_green(scenes):

@@ -10,7 +10,8 @@ Model step i consumes token i and its *end* pose (boundary i+1) and predicts tok
   - `AgentBatch`: `tokens` [B, A, T] long, `poses` [B, A, T, 3] (end pose x, y, heading of each token), `valid`
     [B, A, T], `type_idx` [B, A] long. `agent_batch([AgentTokens, ...])` builds it (T = 18 intervals);
     `.slice_time(a, b)` takes steps a..b-1 (e.g. the history `[:, :, :2]`).
-  - `collate(scenes, vocab, max_agents=None)` tokenizes `Scene`s into `(MapBatch, AgentBatch, track indices)`.
+  - `collate(scenes, vocab)` tokenizes `Scene`s into `(MapBatch, AgentBatch, track indices)` of the agents
+    `select_agents(scene)` picks (every sim agent: the agents the model simulates).
 
 **Model** `BehaviorModel(cfg: ModelConfig, vocab: MotionVocab)` (`ModelConfig.named("micro"|"nano"|"tiny")`):
   - `model(map_batch, agents) -> logits [B, A, T, V]` full-context teacher forcing (training); logits[:, :, i]

@@ -96,21 +96,16 @@ def agent_batch(tokens: Sequence[AgentTokens], agents: Sequence[np.ndarray] | No
                       torch.as_tensor(types))
 
 
-def select_agents(scene: Scene, max_agents: int | None) -> np.ndarray:
-    """Track indices to model: tracks valid at the current step first, nearest to the SDC first; at most
-    `max_agents` (None = all)."""
-    cur = scene.current_time_index
-    xy = scene.states[:, cur, :2]
-    dist = np.linalg.norm(xy - xy[scene.sdc_index], axis=1)
-    dist = np.where(scene.valid[:, cur], dist, np.inf)
-    order = np.lexsort((dist, ~scene.valid[:, cur]))
-    return np.sort(order[: (len(order) if max_agents is None else max_agents)])
+def select_agents(scene: Scene) -> np.ndarray:
+    """Track indices of the agents the model is trained on and simulates: every sim agent (valid at the current
+    step), in track order; the one rule for pretraining, closed-loop rollouts and serving. No cap: attention is over
+    the k nearest neighbours, so memory grows linearly with the agent count."""
+    return np.flatnonzero(scene.sim_agent_mask())
 
 
-def collate(
-    scenes: Sequence[Scene], vocab: MotionVocab | TorchVocab, max_agents: int | None = None
-) -> tuple[MapBatch, AgentBatch, list[np.ndarray]]:
-    """Tokenize scenes into a (MapBatch, AgentBatch) pair; also returns the chosen track indices per scene."""
-    picks = [select_agents(s, max_agents) for s in scenes]
+def collate(scenes: Sequence[Scene], vocab: MotionVocab | TorchVocab) -> tuple[MapBatch, AgentBatch, list[np.ndarray]]:
+    """Tokenize scenes into a (MapBatch, AgentBatch) pair of their `select_agents`; also returns those track
+    indices per scene."""
+    picks = [select_agents(s) for s in scenes]
     agents = agent_batch([tokenize_scene(s, vocab) for s in scenes], picks)
     return map_batch([tokenize_map(s) for s in scenes]), agents, picks

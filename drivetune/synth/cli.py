@@ -1,7 +1,8 @@
 """`drivetune synth`: write synthetic WOMD `Scenario` TFRecords, deterministically per seed.
 
 Scene i of a run is generated from `SeedSequence([seed, i])`, and file k holds scenes [k*per_file, (k+1)*per_file),
-so the bytes written do not depend on --workers.
+so the bytes written do not depend on --workers. A rerun into the same directory first removes what an earlier run
+with the same seed left there and will not overwrite (temp files of a killed run, files of another `-of-N` plan).
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+
+from drivetune.atomic import remove_stale_temps
+from drivetune.cli import CommandError
+from drivetune.progress import progress
 
 
 def scene_seed(seed: int, index: int) -> np.random.SeedSequence:
@@ -47,44 +52,60 @@ def file_plan(num_scenes: int, per_file: int, seed: int, out: Path) -> list[tupl
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-scenes", type=int, required=True, help="number of scenes to generate")
-    parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    parser.add_argument("--scenes-per-file", type=int, default=50, help="scenes per TFRecord file (default 50)")
+    parser.add_argument("--out", required=True,
+                        help="output directory (created if missing); a rerun replaces this seed's earlier files")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; scene i uses SeedSequence([seed, i])")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--scenes-per-file", type=int, default=50, help="scenes per TFRecord file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines on stderr")
+
+
+def clear_previous(out: Path, seed: int, plan: list[tuple[str, int, int, int]]) -> list[Path]:
+    """Remove what an earlier run with this seed left in `out` that this run will not overwrite: temp files of a
+    killed run, and files of another plan (another --num-scenes or --scenes-per-file, `-of-N` differs), whose
+    scenes would duplicate this run's. Returns the removed data files."""
+    remove_stale_temps(out, f"synth-s{seed}-*")
+    keep = {Path(p).name for p, *_ in plan}
+    stale = sorted(p for p in out.glob(f"synth-s{seed}-*-of-*.tfrecord") if p.name not in keep)
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     if args.num_scenes <= 0:
-        print(f"error: --num-scenes must be positive, got {args.num_scenes}", file=sys.stderr)
-        return 2
+        raise CommandError(f"--num-scenes must be positive, got {args.num_scenes}")
     if args.workers <= 0 or args.scenes_per_file <= 0:
-        print("error: --workers and --scenes-per-file must be positive", file=sys.stderr)
-        return 2
+        raise CommandError(f"--workers and --scenes-per-file must be positive, got {args.workers}, "
+                           f"{args.scenes_per_file}")
     if args.seed < 0:
-        print(f"error: --seed must be non-negative, got {args.seed}", file=sys.stderr)
-        return 2
+        raise CommandError(f"--seed must be non-negative, got {args.seed}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        print(f"error: --out {out} exists and is not a directory", file=sys.stderr)
-        return 2
+        raise CommandError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     plan = file_plan(args.num_scenes, args.scenes_per_file, args.seed, out)
+    stale = clear_previous(out, args.seed, plan)
+    if stale:
+        print(f"removed {len(stale)} files of an earlier seed-{args.seed} run with another plan "
+              f"(e.g. {stale[0].name})", file=sys.stderr)
     t0 = time.perf_counter()
     done, agents = 0, 0
-    bar = tqdm(total=args.num_scenes, unit="scene", desc="synth", disable=None)
-    if args.workers == 1:
-        results = (_write_file(*p) for p in plan)
-        for _, n, a in results:
-            done, agents = done + n, agents + a
-            bar.update(n)
-    else:
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            for _, n, a in pool.map(_write_file, *zip(*plan)):
+    bar = progress(args.num_scenes, "synth", "scene", enabled=not args.no_progress)
+    try:
+        if args.workers == 1:
+            for p in plan:
+                _, n, a = _write_file(*p)
                 done, agents = done + n, agents + a
                 bar.update(n)
-    bar.close()
+        else:
+            with ProcessPoolExecutor(max_workers=args.workers) as pool:
+                for fut in as_completed([pool.submit(_write_file, *p) for p in plan]):
+                    _, n, a = fut.result()
+                    done, agents = done + n, agents + a
+                    bar.update(n)
+    finally:
+        bar.close()
     dt = time.perf_counter() - t0
     print(f"wrote {done} scenes in {len(plan)} files to {out} ({dt:.1f} s, {done / dt:.1f} scenes/s, "
           f"{agents / done:.1f} sim agents per scene)")

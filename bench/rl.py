@@ -1,0 +1,159 @@
+"""RL post-training: effect on held-out scenes and throughput of the loop.
+
+Effect: from one BC checkpoint, train GRBO, MPO and GRPO (configs/rft_<algo>_micro.yaml) for the same wall-clock
+budget per run and training seed, then score BC and every result with the WOSAC 2025 realism metric (the same
+rollouts count, sampler and seeds for all) on held-out synthetic scenes (another synth seed) and on the real WOMD
+scenarios. Prints and writes a table with mean and spread over training seeds.
+
+    python bench/rl.py effect --bc runs/bench_rl/bc --shards runs/bench_rl/shards \
+        --heldout runs/bench_rl/heldout_synth --minutes 6 --seeds 0 1 2 --out runs/bench_rl/effect
+
+Throughput: GRBO iterations synchronous (max_staleness 0) against one-step-off (max_staleness 1), same scenes and
+seeds; prints seconds per phase, groups/s, learner tokens/s and what one-step-off saves.
+
+    python bench/rl.py throughput --bc runs/bench_rl/bc --shards runs/bench_rl/shards --iters 4 --out runs/bench_rl/tp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cluster.rft import RFTConfig, train
+from drivetune.checkpoint import load_checkpoint, resolve_checkpoint
+from drivetune.config import load_config
+from drivetune.evaluation import evaluate_policy
+from drivetune.ray_runtime import ray_session
+from drivetune.samplers import SamplerConfig
+from drivetune.sources import iter_scenes
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = [REPO.parent / "shared/data/womd/motion_data_one_scenario.tfrecord",
+        REPO.parent / "shared/data/womd/womd_scenario_input.tfrecord"]
+FIELDS = {"meta": "metametric", "collision": "simulated_collision_rate", "offroad": "simulated_offroad_rate",
+          "red_light": "simulated_traffic_light_violation_rate", "minADE": "min_average_displacement_error"}
+
+
+def rl_config(algo: str, bc: str, shards: str, run_dir: Path, *overrides: str) -> RFTConfig:
+    return load_config(RFTConfig, REPO / "configs" / f"rft_{algo}_micro.yaml",
+                       [f"init={bc}", f"run_dir={run_dir}", f"data.shards={shards}", "pool.num_workers=1",
+                        "pool.num_cpus=1", "learner.num_cpus=1", *overrides]).validate()
+
+
+def score(checkpoint: str, scenes: list, rollouts: int, sampler: SamplerConfig, seed: int) -> dict[str, float]:
+    """Mean official fields over scenes of `rollouts` closed-loop rollouts per scene."""
+    model, _ = load_checkpoint(resolve_checkpoint(checkpoint))
+    mean = evaluate_policy(model, None, scenes, rollouts, sampler, seed)["mean"]
+    return {name: float(mean[key]) for name, key in FIELDS.items()}
+
+
+def effect(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = {"heldout_synth": list(iter_scenes(args.heldout))[: args.heldout_scenes],
+            "womd_real": [s for p in REAL if p.exists() for s in iter_scenes(str(p))]}
+    sampler = SamplerConfig(kind=args.eval_sampler, k=args.eval_k, warm_lambda=args.eval_warm_lambda)
+    results = {"command": " ".join(["python bench/rl.py", *args.argv]), "budget_minutes": args.minutes, "runs": []}
+
+    def evaluate(name: str, algo: str, seed: int | None, ckpt: str, extra: dict) -> None:
+        t0 = time.perf_counter()
+        row = {"name": name, "algo": algo, "train_seed": seed, "checkpoint": ckpt, **extra}
+        for set_name, scenes in sets.items():
+            row[set_name] = score(ckpt, scenes, args.eval_rollouts, sampler, args.eval_seed)
+        row["eval_seconds"] = time.perf_counter() - t0
+        results["runs"].append(row)
+        print(json.dumps(row), flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+
+    evaluate("BC", "bc", None, args.bc, {})
+    with ray_session(num_cpus=2, log_to_driver=False):
+        for seed in args.seeds:
+            for algo in args.algos:
+                run_dir = out / f"{algo}_s{seed}"
+                t0 = time.perf_counter()
+                records = train(rl_config(algo, args.bc, args.shards, run_dir, f"seed={seed}",
+                                          f"max_iters={args.max_iters}", f"max_minutes={args.minutes}"),
+                                progress=False)
+                evaluate(algo.upper(), algo, seed, str(run_dir), {"iterations": records[-1]["iteration"],
+                                                                  "train_seconds": time.perf_counter() - t0})
+    print(table(results))
+    (out / "table.md").write_text(table(results))
+
+
+def table(results: dict) -> str:
+    """Markdown: per method and scene set, mean ± std over training seeds of each field; change vs BC."""
+    runs = results["runs"]
+    bc = next(r for r in runs if r["algo"] == "bc")
+    lines = []
+    for set_name in ("heldout_synth", "womd_real"):
+        lines += [f"\n**{set_name}**\n", "| method | seeds | iters | " + " | ".join(FIELDS) + " | coll+off vs BC |",
+                  "|---" * (len(FIELDS) + 4) + "|"]
+        for algo in dict.fromkeys(r["algo"] for r in runs):
+            rows = [r[set_name] for r in runs if r["algo"] == algo]
+            iters = [r.get("iterations", 0) for r in runs if r["algo"] == algo]
+            cells = []
+            for f in FIELDS:
+                v = np.array([x[f] for x in rows])
+                cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}")
+            co = np.array([x["collision"] + x["offroad"] for x in rows])
+            base = bc[set_name]["collision"] + bc[set_name]["offroad"]
+            lines.append(f"| {algo.upper()} | {len(rows)} | {np.mean(iters):.0f} | " + " | ".join(cells)
+                         + f" | {100 * (co.mean() / base - 1):+.1f} % |")
+    return "\n".join(lines)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    rows = {}
+    with ray_session(num_cpus=2, log_to_driver=False):
+        for staleness in (0, 1):
+            recs = train(rl_config("grbo", args.bc, args.shards, out / f"staleness{staleness}", "resume=false",
+                                   f"max_iters={args.iters}", f"max_staleness={staleness}"), progress=False)
+            steady = recs[1:]  # the first iteration pays actor start-up
+            keys = ("seconds_iteration", "seconds_rollout", "seconds_update", "seconds_broadcast",
+                    "seconds_reward_worker", "seconds_rollout_worker", "groups_per_s", "learner_tokens_per_s")
+            rows[staleness] = {k: float(np.mean([r[k] for r in steady])) for k in keys}
+            print(f"max_staleness={staleness}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[staleness].items()))
+    saved = 1 - rows[1]["seconds_iteration"] / rows[0]["seconds_iteration"]
+    print(f"one-step-off: {rows[1]['seconds_iteration']:.2f} s/iteration vs {rows[0]['seconds_iteration']:.2f} s "
+          f"synchronous ({100 * saved:+.1f} % time saved, groups/s x{rows[1]['groups_per_s'] / rows[0]['groups_per_s']:.2f})")
+
+
+def main() -> None:
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    e = sub.add_parser("effect")
+    e.add_argument("--bc", required=True)
+    e.add_argument("--shards", required=True)
+    e.add_argument("--heldout", required=True, help="held-out synthetic scenes (another synth seed)")
+    e.add_argument("--heldout-scenes", type=int, default=16)
+    e.add_argument("--algos", nargs="+", default=["grbo", "mpo", "grpo"])
+    e.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    e.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget per run")
+    e.add_argument("--max-iters", type=int, default=1000)
+    e.add_argument("--eval-rollouts", type=int, default=32)
+    e.add_argument("--eval-sampler", default="topk")
+    e.add_argument("--eval-k", type=int, default=16)
+    e.add_argument("--eval-warm-lambda", type=float, default=0.0)
+    e.add_argument("--eval-seed", type=int, default=1234)
+    e.add_argument("--out", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--bc", required=True)
+    t.add_argument("--shards", required=True)
+    t.add_argument("--iters", type=int, default=4)
+    t.add_argument("--out", required=True)
+    args = p.parse_args()
+    args.argv = sys.argv[1:]
+    effect(args) if args.mode == "effect" else throughput(args)
+
+
+if __name__ == "__main__":
+    main()
