@@ -38,7 +38,7 @@ def tiny_data(tmp_path_factory, head) -> Path:
     steps = [("synth", "--num-scenes", "6", "--out", str(root / "synth"), "--seed", "3"),
              ("ingest", str(root / "synth"), "--out", str(root / "shards"), "--shard-size", "6", "--workers", "1",
               "--no-progress"),
-             ("vocab", "build", "--shards", str(root / "shards"), "--out", str(root / "vocab.safetensors"),
+             ("vocab", "build", str(root / "shards"), "--out", str(root / "vocab.safetensors"),
               "--sizes", "64", "32", "32", "--eval-scenes", "0")]
     for args in steps:
         done = head.run(sys.executable, "-m", "drivetune.cli", *args, env=env, cwd=REPO)
