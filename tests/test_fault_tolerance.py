@@ -58,6 +58,7 @@ def _marker_worker(marker: Path, hang_on: str) -> type[RolloutWorker]:
     return MarkerWorker
 
 
+@pytest.mark.slow
 def test_weights_checked_before_a_version_is_committed_and_one_version_per_generate(ray_local, policy, tmp_path):
     scenes, weights, spec, ref = policy
     marker = tmp_path / "marker"

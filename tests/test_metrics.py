@@ -49,6 +49,7 @@ def _value(samples, name: str, **labels: str) -> float | None:
     return None
 
 
+@pytest.mark.slow
 def test_driver_and_rollout_worker_metrics_reach_prometheus(ray_local, womd_637):
     run = f"metrics-test-{os.getpid()}"
     metrics = RayMetrics(tags={"run": run, "stage": "rft"})
