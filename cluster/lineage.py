@@ -4,6 +4,7 @@ training run directory), with policy versions and weight hashes, from the checkp
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not Path(args.run_dir).is_dir():
-        print(f"drivetune lineage: error: {args.run_dir} is not a directory")
+        print(f"drivetune lineage: error: {args.run_dir} is not a directory", file=sys.stderr)
         return 2
     rows = lineage(args.run_dir)
     for r in rows:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config
 from drivetune.ray_runtime import ray_session, set_process_env
 
@@ -127,9 +128,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(PipelineConfig, args.config, args.overrides).validate()
         with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True):
             records = run_pipeline(cfg, progress=not args.no_progress)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
+        raise CommandError(str(exc)) from None
     for r in records:
         log.info("%-10s %-8s v%-4d %s", r["name"], r["kind"], r["policy_version"], r["checkpoint"])
     return 0

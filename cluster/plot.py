@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import io
 import math
 from pathlib import Path
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = plot_run(args.run_dir, args.out)
     except FileNotFoundError as exc:
-        print(f"drivetune plot: error: {exc}")
+        print(f"drivetune plot: error: {exc}", file=sys.stderr)
         return 2
     print(path)
     return 0

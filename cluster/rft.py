@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config, to_dict
 from drivetune.ray_runtime import ray_session, set_process_env
 from drivetune.samplers import SamplerConfig
@@ -147,7 +148,7 @@ def check_resources(cfg: RFTConfig, resources: dict[str, float]) -> None:
 def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) RL post-training on the connected Ray cluster; returns this call's metric records."""
     import ray
-    from tqdm import tqdm
+    from drivetune.progress import progress as progress_bar
 
     from cluster.metrics import RayMetrics
     from trainer.checkpoints import RunDirectory
@@ -181,12 +182,12 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
                                                         + iteration, sdc=cfg.sdc)}
         return scenes, [got[s.scenario_id] for s in scenes], t_b, time.perf_counter() - t0
 
-    bar = tqdm(range(start, cfg.max_iters), desc=f"{cfg.stage} ({cfg.algo.name})", disable=not progress,
-               initial=start, total=cfg.max_iters, unit="iter")
+    bar = progress_bar(cfg.max_iters, f"{cfg.stage} ({cfg.algo.name})", unit="iter", enabled=progress)
+    bar.update(start)
     try:
         pending = rollouts(start) if start < cfg.max_iters else None
         t_start = time.perf_counter()
-        for it in bar:
+        for it in range(start, cfg.max_iters):
             t_iter = time.perf_counter()
             scenes, batches, t_broadcast, t_rollout = pending
             update = learner.update.remote(batches, [ray.put(s) for s in scenes])
@@ -211,11 +212,16 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
             records.append(record)
             shown = {"reward": "reward", "nll": "sft_nll", "coll": "collision_rate", "off": "offroad_rate",
                      "kl": "kl_k3"}
-            bar.set_postfix({k: f"{stats[v]:.3f}" for k, v in shown.items() if v in stats})
+            summary = {k: f"{stats[v]:.3f}" for k, v in shown.items() if v in stats}
+            log.debug("iteration %d: %s", it + 1, summary)
+            bar.update(1)
+            if hasattr(bar, "set_postfix"):  # tqdm on a terminal; plain timestamped lines in logs
+                bar.set_postfix(summary)
             if over_budget:
                 log.info("max_minutes=%g reached after iteration %d", cfg.max_minutes, it + 1)
                 break
     finally:
+        bar.close()
         pool.shutdown()
         ray.kill(learner)
     return records
@@ -271,15 +277,13 @@ def run_stage(args: argparse.Namespace, sft: bool) -> int:
         if (cfg.algo.name == "sft") != sft:
             raise ConfigError(f"{args.config}: algo.name {cfg.algo.name!r} does not fit `drivetune train "
                               f"{'sft' if sft else 'rft'}` (use `train sft` for algo.name: sft, `train rft` otherwise)")
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
+        raise CommandError(str(exc)) from None
     try:
         with ray_session(args.address or os.environ.get("RAY_ADDRESS")):
             records = train(cfg, progress=not args.no_progress)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
+        raise CommandError(str(exc)) from None
     last = records[-1] if records else {}
     log.info("done: %d iterations this run; last reward %.4f; run dir %s", len(records), last.get("reward", 0.0),
              cfg.run_dir)

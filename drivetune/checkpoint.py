@@ -18,16 +18,19 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors, save_file
 
 from drivetune.config import from_dict, to_dict
-from drivetune.model import BehaviorModel, ModelConfig
-from drivetune.tokenizer import MotionVocab
+
+if TYPE_CHECKING:  # torch and the model load on first use: reading metadata (`drivetune lineage --help`) stays light
+    import torch
+
+    from drivetune.model import BehaviorModel, ModelConfig
+    from drivetune.tokenizer import MotionVocab
 
 FORMAT = "drivetune-checkpoint-v1"
 WEIGHTS, VOCAB, META = "model.safetensors", "vocab.safetensors", "meta.json"
@@ -57,6 +60,8 @@ def check_state_dict(state: Mapping[str, torch.Tensor], arrays: Mapping[str, np.
 def load_numpy_state_dict(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     """Copy numpy arrays (possibly read-only views from the object store) into the model's tensors, in place.
     Raises CheckpointError naming missing, unexpected or mis-shaped entries."""
+    import torch
+
     state = model.state_dict()
     check_state_dict(state, arrays)
     with torch.no_grad():
@@ -125,6 +130,9 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
 
 def read_model_spec(directory: str | os.PathLike) -> tuple[ModelConfig, MotionVocab, dict]:
     """(model config, vocabulary checked against its recorded hash, metadata) of a checkpoint, without weights."""
+    from drivetune.model import ModelConfig
+    from drivetune.tokenizer import MotionVocab
+
     directory = Path(directory)
     meta = read_meta(directory)
     vocab = MotionVocab.load(directory / VOCAB)
@@ -164,6 +172,8 @@ def load_weights(directory: str | os.PathLike, model: torch.nn.Module) -> None:
 
 def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[BehaviorModel, dict]:
     """Rebuild the model from a checkpoint directory; returns (model in eval mode, metadata)."""
+    from drivetune.model import BehaviorModel
+
     cfg, vocab, meta = read_model_spec(directory)
     model = BehaviorModel(cfg, vocab)
     load_weights(directory, model)

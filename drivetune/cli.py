@@ -3,7 +3,8 @@
 A command module exposes `add_arguments(parser)` and `run(args) -> int`, and imports nothing heavy (torch, ray) at
 module level, so `--help` stays fast. Every failure is reported as `drivetune COMMAND: error: ...`: exit 2 for bad
 arguments or input (argparse errors, and any ValueError / OSError a command raises), 1 for work that failed (a command
-returns 1), 130 for Ctrl-C, 141 when the reader of stdout went away (`drivetune -h | head`).
+returns 1, or raised anything else: its traceback only with --verbose), 130 for Ctrl-C, 141 when the reader of stdout
+went away (`drivetune -h | head`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import difflib
 import importlib
 import os
 import sys
+import traceback
 from importlib import metadata
 
 from drivetune.ray_runtime import VERBOSE_ENV  # --verbose sets it: Ray's start-up logs then reach the terminal
@@ -22,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("drivetune.ingest", "WOMD Scenario TFRecords -> Parquet shards (parallel on Ray, resumable)"),
     "inspect": ("drivetune.inspect_cmd", "summarise scenarios in TFRecords or shards"),
     "synth": ("drivetune.synth.cli", "generate synthetic WOMD-format scenarios"),
-    "render": ("drivetune.render", "draw a scenario (and rollouts) to PNG"),
+    "render": ("drivetune.render", "draw a scenario (and rollouts) to PNG, JPEG, SVG or PDF"),
     "realism": ("drivetune.realism_cmd", "WOSAC realism metrics of a rollout set"),
     "vocab build": ("drivetune.vocab_cmd", "build per-type motion vocabularies (k-disks)"),
     "train pretrain": ("cluster.pretrain", "behaviour-cloning pretraining on Ray Train"),
@@ -104,10 +106,11 @@ def _unknown(argv: list[str]) -> str:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows `(default: X)` where there is a meaningful default (not for flags, unset options or required ones)."""
+    """Shows `(default: X)` where there is a meaningful default (not for flags, unset options, required ones, or
+    where the help text already speaks of its default)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, argparse.SUPPRESS) or action.required or "%(default)" in (action.help or ""):
+        if action.default in (None, False, argparse.SUPPRESS) or action.required or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -154,6 +157,12 @@ def _dispatch(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"drivetune {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # work that failed (e.g. Ray could not start): a message, the traceback with --verbose
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else " (--verbose shows the traceback)"
+        print(f"drivetune {name}: error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

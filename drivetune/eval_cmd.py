@@ -1,4 +1,4 @@
-"""`drivetune eval --checkpoints A B ... --scenes SPEC... --rollouts 32 --out DIR`: compare checkpoints on held-out scenes.
+"""`drivetune eval SCENES... --checkpoints A B ... --rollouts 32 --out DIR`: compare checkpoints on held-out scenes.
 
 Every checkpoint is rolled out on the same scenes with the same sampler and seeds (`drivetune.evaluation`) and scored
 with the WOSAC realism metric. Writes under DIR:
@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 from drivetune.atomic import atomic_path, atomic_write_bytes
-from drivetune.samplers import SAMPLERS, SamplerConfig
+from drivetune.cli import add_scenes_argument, check_device
+from drivetune.progress import progress
+from drivetune.simulate_cmd import SAMPLER_KINDS  # torch-free, so --help stays fast
 
 # (field, short column name) of the headline tables and charts.
 COLUMNS = (
@@ -32,11 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", nargs="+", required=True,
                         help="checkpoint directories or training run directories (their latest checkpoint); "
                              "differences are taken to the first")
-    parser.add_argument("--scenes", nargs="+", required=True,
-                        help="TFRecord files, directories, globs or Parquet shard directories")
+    add_scenes_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (WOSAC: 32)")
-    parser.add_argument("--sampler", default="warmk", choices=SAMPLERS)
+    parser.add_argument("--sampler", default="warmk", choices=SAMPLER_KINDS, help="token sampler (docs/samplers.md)")
     parser.add_argument("--k", type=int, default=32, help="top-K size")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-K and Warm-K)")
     parser.add_argument("--warm-lambda", type=float, default=1.0, help="Warm-K lambda (logits per metre)")
@@ -46,14 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario-id", action="append", default=None, help="only these scenarios (repeatable)")
     parser.add_argument("--max-scenes", type=int, default=None, help="at most this many scenes (in spec order)")
     parser.add_argument("--batch-scenes", type=int, default=1, help="scenes simulated and scored together")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--config", default="2025", choices=("2025", "2024"), help="realism metric config")
     parser.add_argument("--sampler-grid", default=None,
                         help="test-time sampler table, e.g. 'k=8,32 warm_lambda=0,1,4' (fields of the sampler; "
                              "the others from --sampler ...)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples over scenes")
     parser.add_argument("--ci-level", type=float, default=0.95, help="confidence level of the intervals")
-    parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--render", default=None, metavar="SCENARIO_ID",
                         help="scene drawn side by side, first vs last checkpoint (default: the first scene)")
     parser.add_argument("--no-render", action="store_true", help="skip the rendering")
@@ -61,11 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from drivetune.checkpoint import CheckpointError, resolve_checkpoint
     from drivetune.evaluation import BootstrapConfig, evaluate_checkpoints, load_eval_scenes, parse_sampler_grid
+    from drivetune.samplers import SamplerConfig
 
+    check_device(args.device)
     sampler = SamplerConfig(kind=args.sampler, k=args.k, temperature=args.temperature, warm_lambda=args.warm_lambda)
     try:
         sampler.validate()
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     total = len(args.checkpoints) * (1 + len(grid)) * len(scenes)
-    with tqdm(total=total, desc="eval", unit="scene", file=sys.stderr) as bar:
+    with progress(total, "eval", "scene") as bar:  # a bar on a terminal, plain lines in a log
         try:
             result = evaluate_checkpoints(
                 args.checkpoints, scenes, args.rollouts, sampler, args.seed, batch_scenes=args.batch_scenes,

@@ -1,4 +1,4 @@
-"""Held-out evaluation of behaviour policies on fixed scenes: realism per scene, bootstrap intervals, paired differences.
+"""Held-out evaluation of behaviour policies on fixed scenes: realism per scene, bootstrap CIs, paired differences.
 
 Every policy (an in-memory model or a checkpoint) is rolled out with `drivetune.closed_loop.simulate` on the same
 scenes, with the same sampler, base seed and policy version (0 by default: the rollouts of every policy use the same
@@ -18,15 +18,18 @@ import itertools
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from drivetune.realism.config import BUCKETS
 from drivetune.realism.metrics import METRIC_FIELDS
 from drivetune.samplers import SamplerConfig
 from drivetune.scene import Scene
+
+if TYPE_CHECKING:
+    from drivetune.model import BehaviorModel
+    from drivetune.tokenizer import TorchVocab
 
 EVAL_FORMAT = "drivetune-eval-v1"
 EVAL_POLICY_VERSION = 0  # the seed component every evaluated policy shares (common random numbers)
@@ -143,8 +146,8 @@ def parse_sampler_grid(text: str, base: SamplerConfig) -> list[SamplerConfig]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def evaluate_policy(
-    model: torch.nn.Module,
-    vocab,
+    model: BehaviorModel,
+    vocab: TorchVocab | None,
     scenes: Sequence[Scene],
     rollouts: int,
     sampler: SamplerConfig,
@@ -260,8 +263,8 @@ def evaluate_checkpoints(
     return {
         "format": EVAL_FORMAT,
         "settings": {"scenario_ids": [s.scenario_id for s in scenes], "rollouts": rollouts,
-                     "sampler": sampler.to_dict(), "seed": seed, "policy_version": EVAL_POLICY_VERSION, "sdc": sdc, "config": config,
-                     "batch_scenes": batch_scenes, "device": device,
+                     "sampler": sampler.to_dict(), "seed": seed, "policy_version": EVAL_POLICY_VERSION, "sdc": sdc,
+                     "config": config, "batch_scenes": batch_scenes, "device": device,
                      "bootstrap": {"method": "percentile", "resamples": boot.resamples, "level": boot.level,
                                    "seed": boot.seed}},
         "metrics": list(METRICS),

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 
 from drivetune.atomic import remove_stale_temps
+from drivetune.progress import progress as progress_reporter  # a bar on a terminal, lines in a log
 from drivetune.ray_runtime import ray_session, set_process_env
 from drivetune.shards import MANIFEST, file_sha256, read_manifest, shard_name, write_manifest, write_shard
 from drivetune.sources import expand_tfrecords
@@ -213,7 +213,7 @@ def _ingest_locked(out_dir: Path, plans: list[ShardPlan], framing_errors: list[d
                 open(journal_path, "a") as journal:  # fmt: skip
             task = ray.remote(num_cpus=1)(build_shard)
             pending = {task.remote(str(out_dir), plan): plan for plan in todo}
-            bar = tqdm(total=sum(len(p.inputs) for p in todo), unit="scene", desc="ingest", disable=not progress)
+            bar = progress_reporter(sum(len(p.inputs) for p in todo), "ingest", "scene", enabled=progress)
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 plan = pending.pop(done[0])

@@ -42,8 +42,8 @@ echo "== 4. train pipeline: BC pretraining ($STEPS steps) -> CAT-K closed-loop S
 EVAL_SCENES=("$OUT/heldout")
 [[ -f "$REAL" ]] && EVAL_SCENES+=("$REAL")
 echo "== 5. evaluate BC against every stage: the same held-out scenes, seeds and sampler (32 rollouts)"
-"$DT" eval --checkpoints "$OUT"/pipeline/00-bc "$OUT"/pipeline/01-sft "$OUT"/pipeline/02-grbo \
-  "$OUT"/pipeline/03-sft2 --scenes "${EVAL_SCENES[@]}" --rollouts 32 --batch-scenes 2 --sampler topk --k 16 \
+"$DT" eval "${EVAL_SCENES[@]}" --checkpoints "$OUT"/pipeline/00-bc "$OUT"/pipeline/01-sft \
+  "$OUT"/pipeline/02-grbo "$OUT"/pipeline/03-sft2 --rollouts 32 --batch-scenes 2 --sampler topk --k 16 \
   --out "$OUT/eval"
 
 echo "== 6. the post-trained model on the real WOMD scenario: rollouts, realism table, official submission, PNG"
