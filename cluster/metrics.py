@@ -4,6 +4,9 @@ metrics export port, about 10 s after the first value).
 
     metrics = RayMetrics(tags={"run": "rft-001", "stage": "rft"})
     metrics.record({"reward/collision": 0.12, "kl": 0.004, "groups_per_s": 3.5})
+
+Record every iteration: a gauge that is not set again drops off the endpoint after a while (observed here within
+about a minute), while counters stay.
 """
 
 from __future__ import annotations
@@ -15,19 +18,23 @@ from typing import Any
 
 _BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]+")
 
-# What deploy/grafana/drivetune.json plots from the RL driver loop's `record` calls (key -> meaning); reward terms
-# are any keys under "reward/" (e.g. "reward/collision", "reward/realism_loo").
+# What deploy/grafana/drivetune.json plots from the RL driver's per-iteration `record` (cluster/rft.py: the learner's
+# stats plus the driver's timings), key -> meaning; reward terms are every key under REWARD_PREFIX.
 DASHBOARD_KEYS = {
-    "kl": "k3 KL estimate to the frozen reference policy",
+    "reward": "mean total reward of the iteration's rollouts",
+    "kl_k1": "k1 KL estimate to the frozen reference policy",
+    "kl_k3": "k3 KL estimate to the frozen reference policy",
     "collision_rate": "share of scored agents in a collision",
     "offroad_rate": "share of scored agents off the road",
     "red_light_rate": "share of scored agents running a red light",
-    "groups_per_s": "rollout groups consumed by the learner per second",
-    "version_lag": "policy versions between the learner and the rollouts it trains on",
+    "groups_per_s": "rollout groups per second of iteration",
+    "learner_tokens_per_s": "tokens the learner trains on per second",
+    "policy_version_lag": "policy versions between the learner and the rollouts it trains on",
     "iteration": "RL iteration",
-    "learner_step_seconds": "seconds per learner update",
+    "seconds_update": "seconds per learner update",
+    "seconds_rollout": "seconds the driver waited for the iteration's rollouts",
 }
-REWARD_PREFIX = "reward/"
+REWARD_PREFIX = "reward_"
 
 
 def metric_name(prefix: str, key: str) -> str:

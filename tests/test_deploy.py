@@ -190,7 +190,7 @@ def test_grafana_dashboard_plots_only_series_that_exist():
     dash = json.loads((DEPLOY / "grafana" / "drivetune.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     titles = " ".join(p["title"].lower() for p in dash["panels"])
-    for topic in ("reward", "kl", "rates", "throughput", "version lag", "serve latency"):
+    for topic in ("reward terms", "kl", "rates", "throughput", "version lag", "serve latency"):
         assert topic in titles, topic
     known = WORKER_SERIES | {metric_name("drivetune_", k) for k in DASHBOARD_KEYS}
     used = {m.group(1) for e in exprs for m in re.finditer(r"\bray_(drivetune_[a-z0-9_]+)(?![a-z0-9_.])", e)}

@@ -3,24 +3,36 @@ append-only `metrics.jsonl`.
 
 Layout: `RUN/checkpoints/step_00000100/` (a `drivetune.checkpoint` directory plus `trainer_state.pt`),
 `RUN/metrics.jsonl` (one JSON object per line), `RUN/config.json` (the resolved run config).
+
+Crash safety: a checkpoint is built in a staging directory beside the others, every file and the directory are
+fsynced, and only then is it renamed into place (re-saving an existing step swaps the two directories in one atomic
+`renameat2(RENAME_EXCHANGE)` on Linux), the parent directory fsynced, and older checkpoints pruned. A crash at any
+moment leaves the previous complete checkpoints readable; staging leftovers of a crashed writer are removed by the
+next save.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from drivetune.checkpoint import CheckpointError, checkpoint_dir, run_checkpoints, save_checkpoint
+from drivetune.checkpoint import (RUN_CHECKPOINTS, CheckpointError, checkpoint_dir, run_checkpoints,
+                                  save_checkpoint)
 from drivetune.model import BehaviorModel
 from drivetune.atomic import atomic_write_bytes
 
 TRAINER_STATE = "trainer_state.pt"
+# Leftovers of an interrupted save: our staging dirs, and drivetune.checkpoint's temp / replaced-old directories.
+STALE = re.compile(r"^\.(stage-.*|step_\d{8}\..*\.tmp|step_\d{8}\.old\.\d+)$")
 
 
 class RunDirectory:
@@ -50,15 +62,41 @@ class RunDirectory:
         extra_meta: dict[str, Any] | None = None,
         keep_last: int = 3,
     ) -> Path:
-        """Write checkpoint `step` (weights, vocab, meta, trainer state) atomically, then prune old ones."""
+        """Write checkpoint `step` (weights, vocab, meta, trainer state) crash-safely (module docstring), then prune
+        old ones. The run directory has one writer (rank 0)."""
         buf = io.BytesIO()
         torch.save(trainer_state, buf)
         previous = self.latest()
         meta = {"step": step, "metrics": metrics or {}, "parent": str(previous) if previous else None,
                 **(extra_meta or {})}
-        path = save_checkpoint(self.checkpoint_path(step), model, meta, extra_files={TRAINER_STATE: buf.getvalue()})
+        target = self.checkpoint_path(step)
+        parent = target.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.remove_stale()
+        stage = Path(tempfile.mkdtemp(dir=parent, prefix=".stage-"))
+        try:
+            built = save_checkpoint(stage / target.name, model, meta, extra_files={TRAINER_STATE: buf.getvalue()})
+            for f in built.iterdir():
+                _fsync(f)
+            _fsync(built)
+            if not target.exists():
+                os.rename(built, target)
+            elif not _exchange(built, target):  # no atomic swap here: a moment without this step (older ones stay)
+                os.replace(target, stage / "old")
+                os.rename(built, target)
+            _fsync(parent)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         self.prune(keep_last)
-        return path
+        return target
+
+    def remove_stale(self) -> list[str]:
+        """Delete what an interrupted save left in `checkpoints/` (staging and temp directories); returns names."""
+        root = self.root / RUN_CHECKPOINTS
+        found = [p for p in root.iterdir() if STALE.match(p.name)] if root.is_dir() else []
+        for p in found:
+            shutil.rmtree(p, ignore_errors=True)
+        return [p.name for p in found]
 
     def prune(self, keep_last: int) -> list[Path]:
         """Delete all but the newest `keep_last` (>= 1) checkpoints; returns the deleted paths."""
@@ -90,3 +128,28 @@ class RunDirectory:
     def write_config(self, config: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.root / "config.json", [json.dumps(config, indent=2, sort_keys=True).encode()])
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents (a directory: its entries) to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    rename = getattr(_libc(), "renameat2", None)
+    if rename is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return rename(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
