@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vocab build": ("drivetune.tokenizer.cli", "build per-type motion vocabularies (k-disks)"),
     "train pretrain": ("cluster.pretrain", "behaviour-cloning pretraining on Ray Train"),
     "simulate": ("drivetune.simulate_cmd", "closed-loop rollouts of a checkpoint on scenes"),
+    "serve": ("services.cli", "closed-loop simulation service (Ray Serve, HTTP)"),
+    "serve-demo": ("services.demo", "example closed loop against the service: SDC from the log, scored"),
 }
 
 
