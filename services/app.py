@@ -74,7 +74,6 @@ class SimAgents:
             key = value.encode()
         configure_guard(key, self.cfg.max_body_bytes)
         self.store = SessionStore(self.cfg)
-        self.step_batch.set_max_batch_size(self.cfg.max_batch_size)
         self.step_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self.m_sessions = Gauge("drivetune_active_sessions", description="open sessions on this replica")
         self.m_latency = Histogram("drivetune_step_latency_ms", description="step request latency in the replica",
@@ -83,6 +82,7 @@ class SimAgents:
                                  boundaries=[1, 2, 4, 8, 16, 32, 64])
         self.m_errors = Counter("drivetune_rejected_requests", description="requests refused, by status",
                                 tag_keys=("status",))
+        self._tune_batch()
 
     async def reconfigure(self, user_config: dict) -> None:
         """user_config {checkpoint, version}: load the weights for new sessions (open sessions keep theirs)."""
@@ -92,6 +92,13 @@ class SimAgents:
         version = user_config.get("version")
         await asyncio.to_thread(self.store.set_policy, str(user_config["checkpoint"]),
                                 None if version is None else int(version))
+
+    def _tune_batch(self) -> None:
+        """A batch fires once every open session has sent its step (simulators step in lockstep), or at the batch
+        timeout: max_batch_size follows the open sessions (at most the configured size), so one session never waits."""
+        open_now = self.store.count()
+        self.step_batch.set_max_batch_size(max(1, min(self.cfg.max_batch_size, open_now)))
+        self.m_sessions.set(open_now)
 
     def check_health(self) -> None:
         self.store.current()
@@ -118,7 +125,10 @@ class SimAgents:
 
     @api.get("/v1/model")
     async def model(self) -> dict:
-        return self.store.model_info()
+        """Checkpoint, policy version, vocab hash, size; open sessions by version; this replica's RSS and CPU time."""
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {**self.store.model_info(), "replica_rss_bytes": rss, "replica_cpu_s": time.process_time()}
 
     @api.post("/v1/sessions", status_code=201, response_model=Created)
     async def create(self, body: CreateSession, request: Request) -> dict:
@@ -129,7 +139,7 @@ class SimAgents:
                                           body.seed, sid)
         except ServiceError as e:
             raise self._count(e)
-        self.m_sessions.set(self.store.count())
+        self._tune_batch()
         return out
 
     @api.get("/v1/sessions/{session_id}", response_model=SessionInfo)
@@ -141,7 +151,7 @@ class SimAgents:
     async def delete(self, session_id: str, request: Request) -> Response:
         _session_header(request, session_id)
         await asyncio.to_thread(self.store.delete, session_id)
-        self.m_sessions.set(self.store.count())
+        self._tune_batch()
         return Response(status_code=204)
 
     @api.post("/v1/sessions/{session_id}/step", response_model=StepResult)
@@ -159,7 +169,7 @@ class SimAgents:
     async def step_batch(self, items: list[tuple[str, dict]]) -> list:
         self.m_batch.observe(len(items))
         out = await asyncio.to_thread(self.store.step_many, items)
-        self.m_sessions.set(self.store.count())
+        self._tune_batch()  # sessions may have expired
         return out
 
     @api.post("/v1/rollouts", response_model=RolloutsResult,

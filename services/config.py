@@ -16,7 +16,7 @@ class ServeConfig:
     session_ttl_s: float = 300.0  # idle sessions expire after this many seconds
     max_steps: int = 160  # steps per session (16 = one 8 s WOSAC rollout; the model's window slides beyond)
     max_batch_size: int = 16  # concurrent steps of different sessions run as one forward
-    batch_wait_timeout_s: float = 0.005  # how long a batch waits to fill
+    batch_wait_timeout_s: float = 0.05  # longest wait for the open sessions' steps to fill a batch
     max_ongoing_requests: int = 32  # per replica; raised to max_batch_size if lower
     max_body_bytes: int = 16 * 1024 * 1024  # request size cap (413)
     max_rollouts: int = 64  # POST /v1/rollouts: rollouts per request

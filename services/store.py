@@ -3,6 +3,7 @@ batched step. Plain Python (no Ray): `services.app` wraps it in HTTP; errors are
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
@@ -58,6 +59,7 @@ class LiveSession:
     policy: Policy
     proposal: torch.Tensor  # [1, A, 5, 3] the sampled next interval, returned by the next step
     seed: int = 0
+    seq: int = 0  # creation order: a batch lists its sessions in this order, so a steady set reuses its batch
     served: int = 0  # step responses given (the next one's token_index)
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -88,6 +90,7 @@ class SessionStore:
         self.sessions: dict[str, LiveSession] = {}
         self.closed: OrderedDict[str, str] = OrderedDict()  # id -> why (closed / expired)
         self._scenes: OrderedDict[str, Scene] = OrderedDict()
+        self._seq = itertools.count()
 
     # ------------------------------------------------------------------------------------------ policies
     def set_policy(self, checkpoint: str, version: int | None) -> Policy:
@@ -185,7 +188,7 @@ class SessionStore:
             except ValueError as e:
                 raise invalid(str(e)) from None
             proposal = policy.engine.act([session])[0]
-            self.sessions[sid] = live = LiveSession(sid, session, policy, proposal, seed=seed)
+            self.sessions[sid] = live = LiveSession(sid, session, policy, proposal, seed=seed, seq=next(self._seq))
             self.closed.pop(sid, None)
             cur = scene.current_time_index
             return {**live.describe(), "step_seconds": STEP_SECONDS, "steps_per_token": TOKEN_STEPS,
@@ -254,7 +257,8 @@ class SessionStore:
                 except ServiceError as e:
                     out[i] = e
             for group in groups.values():
-                advance = [g for g in group if g[2] is not None]  # the first step returns the creation's sample
+                advance = sorted((g for g in group if g[2] is not None), key=lambda g: g[1].seq)  # first steps
+                # return the creation's sample; a steady set of sessions in a steady order reuses its batch
                 if advance:
                     engine = advance[0][1].policy.engine
                     new = engine.advance([g[1].session for g in advance], [g[2] for g in advance])

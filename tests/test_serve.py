@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from drivetune.checkpoint import save_checkpoint
 from drivetune.client import ServiceCallError, SimAgentsClient
@@ -27,7 +28,6 @@ from drivetune.tfrecord import read_records
 from drivetune.tokenizer import build_vocab
 from drivetune.womd import load_scene
 
-pytestmark = pytest.mark.slow
 KEY_ENV, KEY = "DT_SERVE_TEST_KEY", "test-key-5f1c"
 SAMPLER = {"kind": "warmk", "k": 8, "temperature": 1.0, "warm_lambda": 2.0}
 
@@ -90,6 +90,7 @@ def _drive(session, scene, steps: int, offset: int = 0) -> list[dict]:
     return out
 
 
+@pytest.mark.slow
 def test_session_of_16_steps_matches_simulate(service):
     scene, client = service["scenes"][0], service["client"]
     session = client.create_session(scenario_bytes=service["bytes"], sampler=SAMPLER, seed=3)
@@ -121,6 +122,7 @@ def _raw(service, method: str, path: str, sid: str | None = None, key: str | Non
     return httpx.request(method, service["url"] + path, headers=headers, timeout=60, **kw)
 
 
+@pytest.mark.slow
 def test_bad_inputs_get_their_4xx_and_the_server_keeps_serving(service):
     scene = service["scenes"][0]
     good = base64.b64encode(service["bytes"]).decode()
@@ -179,6 +181,7 @@ def test_bad_inputs_get_their_4xx_and_the_server_keeps_serving(service):
         s.close()
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_sessions_batch_without_errors(service):
     scene = service["scenes"][0]
     sessions = [service["client"].create_session(scenario_bytes=service["bytes"], seed=i) for i in range(16)]
@@ -205,6 +208,7 @@ def test_sixteen_concurrent_sessions_batch_without_errors(service):
         s.close()
 
 
+@pytest.mark.slow
 def test_hot_swap_mid_run_and_rollouts(service):
     scene, client = service["scenes"][0], service["client"]
     old = client.create_session(scenario_bytes=service["bytes"], sampler=SAMPLER, seed=5)
@@ -234,6 +238,7 @@ def test_hot_swap_mid_run_and_rollouts(service):
     new.close()
 
 
+@pytest.mark.slow
 def test_serve_demo_drives_the_sdc_and_scores(service, womd_637, tmp_path, monkeypatch, capsys):
     from drivetune.cli import main
     from drivetune.realism import Rollouts
@@ -250,3 +255,55 @@ def test_serve_demo_drives_the_sdc_and_scores(service, womd_637, tmp_path, monke
     report = json.loads((out / "realism.json").read_text())
     assert 0 < report["metametric"] < 1
     assert "metametric" in capsys.readouterr().out
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_serve_yaml_is_a_serve_config_with_the_code_defaults():
+    from ray.serve.schema import ServeDeploySchema
+
+    from drivetune.config import ConfigError, from_dict
+    from services.app import build_app
+    from services.config import ServeConfig
+
+    raw = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
+    ServeDeploySchema(**raw)
+    (app,) = raw["applications"]
+    assert app["import_path"] == "services.app:build_app"
+    assert asdict(from_dict(ServeConfig, app["args"])) == asdict(ServeConfig())  # documented = code defaults
+    assert set(app["deployments"][0]["user_config"]) == {"checkpoint", "version"}
+    build_app({**app["args"], "checkpoint": "x"})  # builds (nothing runs until deployed)
+    with pytest.raises(ConfigError, match="max_sesions"):
+        build_app({**app["args"], "max_sesions": 3})
+    with pytest.raises(ValueError, match="max_sessions=0"):
+        build_app({**app["args"], "max_sessions": 0})
+
+
+def test_store_ttl_session_cap_and_replica_miss(tmp_path, womd_637):
+    """Without HTTP: sessions expire after the TTL (then 404), the cap answers 429 with a Retry-After within the
+    TTL, and with several replicas an unknown session is a 409 (it lives on another replica)."""
+    from services.config import ServeConfig
+    from services.store import ServiceError, SessionStore
+
+    scene = load_scene(womd_637)
+    vocab = build_vocab([scene], sizes=(64, 16, 16))
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ck", BehaviorModel(ModelConfig.named("micro"), vocab), {"step": 7})
+    store = SessionStore(ServeConfig(max_sessions=2, session_ttl_s=10.0))
+    assert store.set_policy(str(ck), None).version == 7  # default version: the checkpoint's step
+    greedy = SamplerConfig(kind="greedy")
+    for sid in ("session-a1", "session-b1"):
+        assert store.create(scene, None, greedy, 0, sid)["policy_version"] == 7
+    with pytest.raises(ServiceError) as e:
+        store.create(scene, None, greedy, 0, "session-c1")
+    assert e.value.status == 429 and 1 <= e.value.retry_after <= 10
+    assert store.expire(now=time.monotonic() + 5) == 0
+    assert store.expire(now=time.monotonic() + 11) == 2
+    with pytest.raises(ServiceError) as e:
+        store.get("session-a1")
+    assert e.value.status == 404 and "expired" in e.value.message
+    assert store.create(scene, None, greedy, 0, "session-c1")["steps"] == 0
+    with pytest.raises(ServiceError) as e:
+        SessionStore(ServeConfig(replicas=2)).get("session-zz")
+    assert e.value.status == 409 and "x-session-id" in e.value.message
