@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import sys
 import threading
@@ -124,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = serve_config(args.overrides, replicas=args.replicas, api_key_env=args.api_key_env)
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"drivetune serve: warning: listening on {args.host}, beyond loopback", file=sys.stderr)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop = threading.Event()  # never set: Ctrl-C (or Ray's SIGTERM handling) ends the process
         with local_service(args.checkpoint, cfg, args.host, args.port, args.version, args.address) as url:
             print(f"drivetune serve: {url} (OpenAPI at {url}/docs); Ctrl-C stops", flush=True)
             try:
