@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lineage": ("cluster.lineage", "the stage -> checkpoint -> parent -> reference chain of a run"),
     "plot": ("cluster.plot", "draw a run's metrics.jsonl curves to a PNG"),
     "eval": ("drivetune.eval_cmd", "compare checkpoints on the same scenes: realism, bootstrap CIs, differences"),
+    "serve": ("services.cli", "closed-loop simulation service (Ray Serve, HTTP)"),
+    "serve-demo": ("services.demo", "example closed loop against the service: SDC from the log, scored"),
 }
 
 # The one name and help text of a scene input, shared by every command that reads scenes.

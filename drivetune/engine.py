@@ -18,6 +18,7 @@ gathers per-session caches. A set of sessions that stepped together last time re
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -109,7 +110,7 @@ class Session:
         return slice(self._offset, self._offset + self.num_rows)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: batches live in a WeakSet
 class _Block:
     """Sessions stepping together: one DecodeState and per-row tensors [B, A_pad, ...]."""
 
@@ -196,6 +197,7 @@ class Engine:
     def __init__(self, model: BehaviorModel, vocab: TorchVocab, policy_version: int = 0) -> None:
         self.model, self.vocab, self.policy_version = model, vocab, policy_version
         self._maps = _MapPool()
+        self._blocks: weakref.WeakSet[_Block] = weakref.WeakSet()  # live batches (they share the pooled maps)
 
     # ----------------------------------------------------------------------------------------------- start
     @torch.no_grad()
@@ -225,6 +227,8 @@ class Engine:
             torch.as_tensor([s.num_rows for s in sessions], device=dev))
         state, logits = state.select(fan), logits[fan]
         slots = self._maps.add(ctx)
+        for old in self._blocks:  # the grown pool holds every slot: drop references to older pool tensors
+            old.state.map_ctx = self._maps.ctx
         state.map_ctx, state.scene_index = self._maps.ctx, torch.as_tensor(slots, device=dev)[fan]
         a_pad = history.tokens.shape[1]
         per = [_session_rows(s.scene, s.agents, s.external, dtype) for s in sessions]
@@ -236,6 +240,7 @@ class Engine:
             s._slot, s._offset, s.start_pose = slot, offset, p["pose"].to(dev)
             offset += s.num_rows
         block = _Block(sessions, state, data, bool(data["ext_on"].any()))
+        self._blocks.add(block)
         for s in sessions:
             s._block = block
         return sessions
@@ -283,6 +288,7 @@ class Engine:
                             num_steps=max(s._block.state.num_steps for s in sessions))
         merged = {k: torch.cat(v) for k, v in data.items()}
         block = _Block(list(sessions), state, merged, bool(merged["ext_on"].any()))
+        self._blocks.add(block)
         offset = 0
         for s in sessions:
             s._block, s._offset = block, offset
@@ -366,8 +372,9 @@ class Engine:
                     ext_valid[s.rows(), :s.num_agents] = torch.as_tensor(ext[1], dtype=torch.bool, device=dev)
                 elif bool(s.external.any()):
                     raise ValueError(f"scenario {s.scene.scenario_id}: the external agents' poses are missing")
-            ext_tok = nearest_tokens(self.vocab, d["type"], d["pose"], given[:, :, -1], k=1)[0][..., 0]
-            tok = torch.where(ext_on, ext_tok, tok)
+            on = ext_on.nonzero(as_tuple=True)  # only the external entries (each query is independent)
+            tok = tok.clone()
+            tok[on] = nearest_tokens(self.vocab, d["type"][on], d["pose"][on], given[:, :, -1][on], k=1)[0][:, 0]
             sub = torch.where(ext_on[:, :, None, None], given, sub)
             new_pose = torch.where(ext_on[:, :, None], given[:, :, -1], new_pose)
             valid = torch.where(ext_on, ext_valid, valid)

@@ -1,0 +1,157 @@
+"""Closed-loop serving over loopback HTTP: step latency at 1 / 4 / 16 concurrent sessions, and batched (steps of
+different sessions in one forward, `max_batch_size=16`) against unbatched (`max_batch_size=1`) throughput, in one run.
+
+Scene: the first real WOMD scenario (50 sim agents), the SDC driven by the caller (log replay), the service driving
+the other 49. A random-weights model of each size (latency does not depend on training). Each session runs `--steps`
+steps; every client thread drives one session. Reported: client-side p50/p95/p99 per step, steps/s, the replica's CPU
+seconds per step, replica RSS and RSS growth per open session; also the in-process engine step (no HTTP) of one
+session as a floor. Targets (issue 11): p50 <= 30 ms at 1 session (micro, CPU); batched >= 2x unbatched at 16.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py [--sizes micro tiny] [--levels 1 4 16] [--steps 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from drivetune.checkpoint import save_checkpoint  # noqa: E402
+from drivetune.client import ClientSession, SimAgentsClient  # noqa: E402
+from drivetune.engine import Engine, SessionSpec  # noqa: E402
+from drivetune.model import BehaviorModel, ModelConfig  # noqa: E402
+from drivetune.tfrecord import read_records  # noqa: E402
+from drivetune.tokenizer import build_vocab  # noqa: E402
+from drivetune.womd import scene_from_bytes  # noqa: E402
+from services.demo import logged_sdc_track  # noqa: E402
+
+SCENARIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "womd" / "motion_data_one_scenario.tfrecord"
+SAMPLER = {"kind": "warmk", "k": 32}
+
+
+def drive(client: SimAgentsClient, info: dict, track: np.ndarray, sdc: int, steps: int, lat: list, sizes: list
+          ) -> None:
+    session = ClientSession(client, info)
+    for k in range(steps):
+        seg = track[(k - 1) % 16 * 5: ((k - 1) % 16 + 1) * 5] if k else None
+        states = None if seg is None else {sdc: {"x": seg[:, 0], "y": seg[:, 1], "heading": seg[:, 2]}}
+        t0 = time.perf_counter()
+        body = session.step(states)
+        lat.append(time.perf_counter() - t0)
+        if k:
+            sizes.append(body["batch_size"])
+
+
+def level(url: str, payload: bytes, track: np.ndarray, sdc: int, n: int, steps: int) -> dict:
+    """n concurrent sessions x steps; latency percentiles, throughput, replica CPU and memory."""
+    admin = SimAgentsClient(url)
+    before = admin.model()
+    clients = [SimAgentsClient(url) for _ in range(n)]
+    infos = [c.create_session(scenario_bytes=payload, sampler=SAMPLER, seed=i).info for i, c in enumerate(clients)]
+    opened = admin.model()
+    lats: list[list[float]] = [[] for _ in range(n)]
+    sizes: list[int] = []
+    threads = [threading.Thread(target=drive, args=(c, info, track, sdc, steps, lat, sizes))
+               for c, info, lat in zip(clients, infos, lats)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    after = admin.model()
+    for c, info in zip(clients, infos):
+        ClientSession(c, info).close()
+        c.close()
+    admin.close()
+    ms = np.asarray([x for lat in lats for x in lat]) * 1e3
+    done = n * steps
+    if len(ms) != done:
+        raise RuntimeError(f"{done - len(ms)} steps failed")
+    return {"p50": np.percentile(ms, 50), "p95": np.percentile(ms, 95), "p99": np.percentile(ms, 99),
+            "steps_s": done / wall, "batch": float(np.mean(sizes)), "wall": wall, "client_cpu": cpu,
+            "replica_cpu_ms_step": (after["replica_cpu_s"] - opened["replica_cpu_s"]) / done * 1e3,
+            "rss_mb": after["replica_rss_bytes"] / 2**20,
+            "mb_per_session": (opened["replica_rss_bytes"] - before["replica_rss_bytes"]) / 2**20 / n}
+
+
+def engine_floor(ckpt: Path, scene, steps: int) -> float:
+    """p50 ms of one in-process session step (observe + forward + act), no HTTP."""
+    from drivetune.checkpoint import load_checkpoint
+    from drivetune.samplers import SamplerConfig
+
+    model, _ = load_checkpoint(ckpt)
+    engine = Engine(model, model.vocab.to_torch("cpu"))
+    (s,) = engine.start([SessionSpec(scene, [0], SamplerConfig(**SAMPLER), [scene.sdc_id])])
+    engine.act([s])
+    track, times = logged_sdc_track(scene), []
+    for k in range(steps):
+        poses = np.zeros((1, s.num_agents, 5, 3))
+        poses[:, s.external] = track[k % 16 * 5: (k % 16 + 1) * 5]
+        t0 = time.perf_counter()
+        engine.advance([s], [(torch.as_tensor(poses), torch.as_tensor(s.external[None].copy()))])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["micro"])
+    parser.add_argument("--levels", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--steps", type=int, default=16)
+    args = parser.parse_args()
+    from ray import serve
+
+    from drivetune.ray_runtime import ray_session
+    from services.cli import app_config, apply_config, free_port
+    from services.config import ServeConfig
+
+    torch.set_num_threads(1)
+    payload = next(read_records(SCENARIO))[1]
+    scene = scene_from_bytes(payload)
+    track, sdc = logged_sdc_track(scene), int(scene.sdc_id)
+    vocab = build_vocab([scene], sizes=(256, 128, 128))
+    tmp = Path(tempfile.mkdtemp(prefix="dt_bench_serve_"))
+    print(f"scene {scene.scenario_id}: {int(scene.sim_agent_mask().sum())} sim agents (SDC external), "
+          f"{args.steps} steps per session; machine shared and loaded, figures are indicative")
+    with ray_session(num_cpus=2, log_to_driver=False):
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        for size in args.sizes:
+            torch.manual_seed(0)
+            model = BehaviorModel(ModelConfig.named(size), vocab)
+            ckpt = save_checkpoint(tmp / size, model, {"step": 1})
+            print(f"\n{size}: {model.num_parameters() / 1e6:.2f}M parameters; in-process engine step p50 "
+                  f"{engine_floor(ckpt, scene, args.steps):.1f} ms")
+            print(f"{'batch':>6} {'sessions':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'steps/s':>8} "
+                  f"{'mean batch':>10} {'replica cpu ms/step':>20} {'RSS MB':>7} {'MB/session':>10} {'client cpu s':>12}")
+            rate = {}
+            for batch in (16, 1):
+                cfg = ServeConfig(replica_cpus=1.0, max_batch_size=batch, max_sessions=64)
+                apply_config(app_config(cfg, str(ckpt), 1, name="bench"))
+                for n in (args.levels if batch > 1 else [max(args.levels)]):
+                    r = level(url, payload, track, sdc, n, args.steps)
+                    rate[(batch, n)] = r["steps_s"]
+                    print(f"{batch:>6} {n:>8} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['p99']:>8.1f} {r['steps_s']:>8.1f} "
+                          f"{r['batch']:>10.1f} {r['replica_cpu_ms_step']:>20.1f} {r['rss_mb']:>7.0f} {r['mb_per_session']:>10.2f} "
+                          f"{r['client_cpu']:>12.1f}")
+            n = max(args.levels)
+            print(f"{size}: batched / unbatched throughput at {n} sessions: {rate[(16, n)] / rate[(1, n)]:.2f}x")
+        serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()

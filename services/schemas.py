@@ -1,0 +1,112 @@
+"""JSON bodies of the simulation service (pydantic; FastAPI turns schema errors into 422s naming the field)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivetune.samplers import SamplerConfig
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Poses = Annotated[list[Finite], Field(max_length=5)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sampler(Strict):
+    """Token sampler: Warm-K by default (top-K scored by logit - warm_lambda * distance to constant motion)."""
+
+    kind: Literal["topk", "catk", "warmk", "greedy"] = "warmk"
+    k: int = Field(32, ge=1, le=4096)
+    temperature: Finite = Field(1.0, gt=0)
+    warm_lambda: Finite = Field(1.0, ge=0)
+
+    def config(self) -> SamplerConfig:
+        return SamplerConfig(self.kind, self.k, self.temperature, self.warm_lambda)
+
+
+class SceneRequest(Strict):
+    """One scene: `scenario` (base64 of a serialized WOMD Scenario proto) or `scenario_id` (from the store)."""
+
+    scenario: str | None = Field(None, description="base64 of one serialized WOMD Scenario proto")
+    scenario_id: str | None = Field(None, max_length=128, description="a scenario of the configured store")
+    sampler: Sampler = Field(default_factory=Sampler)
+    seed: int = Field(0, ge=0, lt=2**63)
+
+    def scenario_bytes(self) -> bytes:
+        if (self.scenario is None) == (self.scenario_id is None):
+            raise ValueError("send exactly one of `scenario` (base64 Scenario proto) and `scenario_id`")
+        try:
+            return base64.b64decode(self.scenario or "", validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"scenario is not valid base64 ({e})") from None
+
+
+class CreateSession(SceneRequest):
+    external_ids: list[int] | None = Field(None, max_length=1024,
+                                           description="object ids the caller drives (default: the SDC)")
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    scenario_id: str
+    object_ids: list[int]
+    external_ids: list[int]
+    steps: int
+    policy_version: int
+    sampler: dict
+    seed: int
+
+
+class Created(SessionInfo):
+    step_seconds: float
+    steps_per_token: int
+    current_time_index: int
+
+
+class AgentPoses(Strict):
+    """One external agent over the last 0.5 s at 10 Hz (5 poses; the first step may send only the current pose)."""
+
+    x: Poses
+    y: Poses
+    heading: Poses
+
+
+class StepRequest(Strict):
+    external_states: dict[str, AgentPoses] = Field(default_factory=dict, max_length=1024)
+
+
+class StepResult(BaseModel):
+    """Per policy-driven agent the 5 poses (10 Hz) of the next 0.5 s; `token_index` counts the session's steps."""
+
+    session_id: str
+    token_index: int
+    policy_version: int
+    batch_size: int = Field(description="session steps computed in the same forward (0: the first step's sample)")
+    object_ids: list[int]
+    x: list[list[float]]
+    y: list[list[float]]
+    z: list[list[float]]
+    heading: list[list[float]]
+
+
+class RolloutsRequest(SceneRequest):
+    num_rollouts: int = Field(32, ge=1)
+    sdc: Literal["policy", "log"] = "policy"
+
+
+class RolloutsResult(BaseModel):
+    """R whole rollouts: [R][A][80] per field, agents in `object_ids` order (the realism CLI's npz layout)."""
+
+    scenario_id: str
+    policy_version: int
+    object_ids: list[int]
+    x: list[list[list[float]]]
+    y: list[list[list[float]]]
+    z: list[list[list[float]]]
+    heading: list[list[list[float]]]
