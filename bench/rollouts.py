@@ -1,25 +1,32 @@
-"""Closed-loop rollout throughput (ours vs naive) and weight broadcast time, in one run.
+"""Closed-loop rollout engine speed (new vs today's engine vs batched recomputation) and weight broadcast, in one run.
 
-Rollouts: 32 rollouts of a 50-agent scene (the first real WOMD scenario, 50 sim agents), `micro` and `tiny`, with
-top-K sampling. Ours: `drivetune.closed_loop.simulate` (map encoded once per scene, all rollouts batched, one new
-token per agent per step with per-layer caches). Naive baseline: every rollout on its own, and every step re-encodes
-the map and recomputes the whole context (`model(map, agents_so_far)`), with the same sampler and random numbers,
-so its tokens must equal ours (checked). The baseline runs a few rollouts and its rate is per rollout (it is
-sequential over rollouts, so it scales linearly).
+Rollouts: R=32 top-K rollouts of a real WOMD scene (default: the 50-agent `637f20cafde22ff8`), random weights,
+2048-token vocabularies, `micro` and `tiny`, 1 and 2 torch threads. Every measurement runs in its own subprocess
+(so its peak RSS is its own) and reports wall and CPU (process) time, median of `--repeats` after a warm-up:
+  - new: `drivetune.closed_loop.simulate` with the current `BehaviorModel`;
+  - old: the same call through `tests/reference_engine.ReferenceEngine`, the decoder before the issue-15 work
+    (cc90b4e arithmetic on the same weights): "today's engine";
+  - recompute (fair no-cache baseline, issue 13 item 5): all R rollouts batched, every step runs the full model over
+    the map and the whole context so far (`model(map, agents)`, no cache), same sampler and random numbers.
+Tokens of old and recompute are checked equal to new. The share of CPU time in matrix-multiply kernels (torch
+profiler, one new and one old run) tells how far each is from compute-bound.
 
-Broadcast: a `tiny` state dict (~7M parameters) to 4 rollout workers: ours (`RolloutPool.set_weights`: numpy arrays
-packed into one buffer per dtype, one `ray.put`, the same ObjectRef to every worker, zero-copy views there) vs torch
-tensors passed by value to each worker.
+Broadcast: a `tiny` state dict to 4 rollout actors: ours (`RolloutPool.set_weights`: one packed buffer, one `ray.put`)
+vs the standard baseline, one `ray.put` of the numpy dict and its ObjectRef passed to every worker.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/rollouts.py [--sizes micro tiny] [--naive-rollouts 2] [--device cpu]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/rollouts.py [--sizes micro tiny] [--threads 1 2] [--repeats 2]
+        [--recompute-sizes micro] [--scene PATH] [--skip-broadcast]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,21 +35,24 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from drivetune.checkpoint import state_dict_to_numpy  # noqa: E402
-from drivetune.closed_loop import NUM_FUTURE_TOKENS, simulate, sim_agents  # noqa: E402
-from drivetune.model import BehaviorModel, ModelConfig, agent_batch, map_batch  # noqa: E402
+from drivetune.closed_loop import NUM_FUTURE_TOKENS, sim_agents, simulate  # noqa: E402
+from drivetune.model import AgentBatch, BehaviorModel, ModelConfig, agent_batch, map_batch  # noqa: E402
 from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_uniforms, sample  # noqa: E402
 from drivetune.scene import HEADING, X, Y  # noqa: E402
 from drivetune.tokenizer import MotionVocab, token_end_poses, tokenize_map, tokenize_scene  # noqa: E402
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY  # noqa: E402
 from drivetune.womd import load_scene  # noqa: E402
 
-SCENE = Path(__file__).resolve().parents[2] / "shared" / "data" / "womd" / "motion_data_one_scenario.tfrecord"
+SCENE = ROOT.parent / "shared" / "data" / "womd" / "motion_data_one_scenario.tfrecord"
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_cdist_forward")
+SAMPLER = SamplerConfig(kind="topk", k=32)
 
 
 def grid_vocab(size: int = 2048) -> MotionVocab:
@@ -62,95 +72,111 @@ def grid_vocab(size: int = 2048) -> MotionVocab:
     return MotionVocab(poses=poses, sizes=np.array([size] * 3))
 
 
-def naive_rollouts(model, tv, scene, rollouts: int, cfg: SamplerConfig, seed: int) -> np.ndarray:
-    """Baseline: one rollout at a time, full map + context recomputation every step. Returns tokens [R, A, 16]."""
+@torch.no_grad()
+def recompute_rollouts(model, tv, scene, rollouts: int, seed: int) -> np.ndarray:
+    """Fair no-cache baseline: all rollouts in one batch, each step the full model over map + context so far."""
     picks = sim_agents(scene)
-    cur = scene.current_time_index
     maps = map_batch([tokenize_map(scene)])
     hist = agent_batch([tokenize_scene(scene, tv)], [picks]).slice_time(0, CURRENT_BOUNDARY)
-    st = scene.states[picks, cur]
+    st = scene.states[picks, scene.current_time_index]
+    uni = torch.stack([rollout_uniforms(rollout_seed(scene.scenario_id, r, seed, 0), NUM_FUTURE_TOKENS, len(picks))
+                       for r in range(rollouts)], 1)  # [T, R, A]
+    rep = lambda x: x.repeat_interleave(rollouts, 0)  # noqa: E731
+    tokens, poses, valid, types = rep(hist.tokens), rep(hist.poses), rep(hist.valid), rep(hist.type_idx)
+    pose = rep(torch.as_tensor(np.stack([st[:, X], st[:, Y], st[:, HEADING]], -1), dtype=torch.float32)[None])
     out = np.zeros((rollouts, len(picks), NUM_FUTURE_TOKENS), np.int64)
-    for r in range(rollouts):
-        u = rollout_uniforms(rollout_seed(scene.scenario_id, r, seed, 0), NUM_FUTURE_TOKENS, len(picks))
-        tokens, poses, valid = hist.tokens, hist.poses, hist.valid
-        pose = torch.as_tensor(np.stack([st[:, X], st[:, Y], st[:, HEADING]], -1), dtype=torch.float32)
-        for t in range(NUM_FUTURE_TOKENS):
-            ctx = type(hist)(tokens=tokens, poses=poses, valid=valid, type_idx=hist.type_idx)
-            logits = model(maps, ctx)[0, :, -1]
-            res = sample(cfg, StepInputs(logits=logits, uniforms=u[t], pose=pose, type_idx=hist.type_idx[0], vocab=tv))
-            pose = token_end_poses(tv, hist.type_idx[0], pose, res.token)
-            tokens = torch.cat([tokens, res.token.view(1, -1, 1)], 2)
-            poses = torch.cat([poses, pose.view(1, -1, 1, 3)], 2)
-            valid = torch.cat([valid, torch.ones_like(valid[:, :, :1])], 2)
-            out[r, :, t] = res.token.numpy()
+    for t in range(NUM_FUTURE_TOKENS):
+        logits = model(maps, AgentBatch(tokens=tokens, poses=poses, valid=valid, type_idx=types))[:, :, -1]
+        res = sample(SAMPLER, StepInputs(logits=logits.flatten(0, 1), uniforms=uni[t].flatten(), vocab=tv,
+                                         pose=pose.flatten(0, 1), type_idx=types.flatten()))
+        tok = res.token.view(rollouts, -1)
+        pose = token_end_poses(tv, types, pose, tok)
+        tokens = torch.cat([tokens, tok[:, :, None]], 2)
+        poses = torch.cat([poses, pose[:, :, None]], 2)
+        valid = torch.cat([valid, torch.ones_like(valid[:, :, :1])], 2)
+        out[:, :, t] = tok.numpy()
     return out
 
 
-def bench_rollouts(size: str, scene, rollouts: int, naive_n: int, device: str) -> dict:
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(args) -> dict:
+    """Subprocess body: time one engine; save its tokens to args.tokens_out; return the figures."""
+    torch.set_num_threads(args.threads)
+    scene = load_scene(args.scene)
     vocab = grid_vocab()
     torch.manual_seed(0)
-    model = BehaviorModel(ModelConfig.named(size), vocab).to(device).eval()
-    tv = vocab.to_torch(device)
-    cfg = SamplerConfig(kind="topk", k=32)
-    A = len(sim_agents(scene))
-    simulate(model, tv, [scene], 2, cfg)  # warm-up
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        ours = simulate(model, tv, [scene], rollouts, cfg, base_seed=1)[0]
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    t_ours = statistics.median(times)
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        naive = naive_rollouts(model, tv, scene, naive_n, cfg, seed=1)
-        t_naive = (time.perf_counter() - t0) / naive_n * rollouts  # sequential: linear in rollouts
-    same = bool(np.array_equal(naive, ours.tokens[:naive_n]))
-    steps = rollouts * A * NUM_FUTURE_TOKENS
-    return dict(size=size, params=model.num_parameters(), agents=A, ours_s=t_ours, naive_s=t_naive,
-                ours_rps=rollouts / t_ours, naive_rps=rollouts / t_naive, ours_asps=steps / t_ours,
-                naive_asps=steps / t_naive, same_tokens=same)
+    model = BehaviorModel(ModelConfig.named(args.size), vocab).eval()
+    tv = vocab.to_torch("cpu")
+    from reference_engine import ReferenceEngine
+
+    engine = ReferenceEngine(model) if args.run == "old" else model
+    if args.run == "recompute":
+        call = lambda: recompute_rollouts(model, tv, scene, args.rollouts, seed=1)  # noqa: E731
+        recompute_rollouts(model, tv, scene, 1, seed=1)  # warm-up
+    else:
+        call = lambda: simulate(engine, tv, [scene], args.rollouts, SAMPLER, base_seed=1)[0].tokens  # noqa: E731
+        simulate(engine, tv, [scene], 2, SAMPLER)  # warm-up
+    walls, cpus = [], []
+    for _ in range(args.repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        tokens = call()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    np.save(args.tokens_out, tokens)
+    res = dict(wall=statistics.median(walls), cpu=statistics.median(cpus), rss_mb=_rss_mb(),
+               params=model.num_parameters(), agents=int(tokens.shape[1]))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            call()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        res["matmul_share"] = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total
+        res["profile"] = events.table(sort_by="self_cpu_time_total", row_limit=16)
+    return res
+
+
+def spawn(run: str, size: str, threads: int, args, tmp: Path, profile: bool) -> dict:
+    out = tmp / f"{run}_{size}_{threads}.npy"
+    cmd = [sys.executable, __file__, "--run", run, "--size", size, "--threads", str(threads), "--scene", str(args.scene),
+           "--rollouts", str(args.rollouts), "--repeats", str(args.repeats), "--tokens-out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True, check=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["tokens"] = np.load(out)
+    return res
 
 
 def bench_broadcast(workers: int, repeats: int) -> dict:
     import ray
 
     from rollout_workers import PolicySpec, PoolConfig, RolloutPool
-    from rollout_workers.weights import pack_state
 
     tmp = tempfile.mkdtemp(prefix="dtb_", dir="/tmp")
     ray.init(address="local", _temp_dir=tmp, num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=512 * 1024 * 1024,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}})
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}})
     try:
         model = BehaviorModel(ModelConfig.named("tiny"), grid_vocab())
         pool = RolloutPool(PolicySpec.from_model(model, rewards=False),
                            PoolConfig(num_workers=workers, num_cpus=2 / workers))
         state = state_dict_to_numpy(model)
         pool.set_weights(state, 0)  # warm-up (actor start)
-        ours = [pool.set_weights(state, v + 1) for v in range(repeats)]
-        no_wait = []
-        for v in range(repeats):
-            no_wait.append(pool.set_weights(state, 50 + v, wait=False))
-            pool._collect_acks()  # outside the timed part: what the next generate() does first
-        puts = []
-        for _ in range(repeats):
+        ours, plain = [], []
+        for v in range(repeats):  # interleaved, so both see the same load
+            ours.append(pool.set_weights(state, 2 * v + 1))
             t0 = time.perf_counter()
-            ref = ray.put(pack_state(state))
-            puts.append(time.perf_counter() - t0)
+            ref = ray.put(state)  # the standard way: one put of the numpy dict, the same ref to every worker
+            ray.get([w.set_weights.remote(ref, 2 * v + 2) for w in pool.workers])
+            plain.append(time.perf_counter() - t0)
             del ref
-        tensors = {k: torch.from_numpy(v.copy()) for k, v in state.items()}
-        by_value = []
-        for v in range(repeats):
-            t0 = time.perf_counter()
-            ray.get([w.set_weights.remote(tensors, 100 + v) for w in pool.workers])  # pickled + copied per worker
-            by_value.append(time.perf_counter() - t0)
         pool.shutdown()
         return dict(params=model.num_parameters(), workers=workers, ours_ms=1e3 * statistics.median(ours),
-                    naive_ms=1e3 * statistics.median(by_value), put_ms=1e3 * statistics.median(puts),
-                    no_wait_ms=1e3 * statistics.median(no_wait),
-                    mb=sum(v.nbytes for v in state.values()) / 2**20)
+                    plain_ms=1e3 * statistics.median(plain), mb=sum(v.nbytes for v in state.values()) / 2**20)
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -159,29 +185,50 @@ def bench_broadcast(workers: int, repeats: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="*", default=["micro", "tiny"])
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--rollouts", type=int, default=32)
-    ap.add_argument("--naive-rollouts", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--recompute-sizes", nargs="*", default=["micro"],
+                    help="sizes that also run the batched-recomputation baseline (1 thread; tiny needs several GiB)")
+    ap.add_argument("--scene", type=Path, default=SCENE)
     ap.add_argument("--broadcast-workers", type=int, default=4)
     ap.add_argument("--broadcast-repeats", type=int, default=15)
     ap.add_argument("--skip-broadcast", action="store_true")
+    ap.add_argument("--run", choices=["new", "old", "recompute"], help=argparse.SUPPRESS)
+    ap.add_argument("--size", help=argparse.SUPPRESS)
+    ap.add_argument("--tokens-out", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    scene = load_scene(SCENE)
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, scene {scene.scenario_id}")
-    print(f"{'size':<6} {'params':>9} {'A':>3} | {'ours s':>7} {'rollouts/s':>10} {'agent-steps/s':>13} | "
-          f"{'naive s':>8} {'rollouts/s':>10} {'agent-steps/s':>13} | {'speed-up':>8} same-tokens")
-    for size in args.sizes:
-        r = bench_rollouts(size, scene, args.rollouts, args.naive_rollouts, args.device)
-        print(f"{r['size']:<6} {r['params']:>9,} {r['agents']:>3} | {r['ours_s']:>7.2f} {r['ours_rps']:>10.2f} "
-              f"{r['ours_asps']:>13,.0f} | {r['naive_s']:>8.1f} {r['naive_rps']:>10.3f} {r['naive_asps']:>13,.0f} | "
-              f"{r['naive_s'] / r['ours_s']:>7.1f}x {r['same_tokens']}", flush=True)
+    if args.run:
+        args.threads = args.threads[0]
+        print(json.dumps(run_one(args)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="dtrb_") as tmp:
+        print(f"scene {args.scene.name}, {args.rollouts} rollouts, top-K 32; wall / CPU s (median of {args.repeats}); "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print(f"{'size':<6} {'thr':>3} {'engine':<10} {'wall s':>7} {'cpu s':>7} {'agent-steps/s (cpu)':>19} "
+              f"{'peak RSS MB':>11} {'cpu x vs old':>12} {'matmul %':>8} same-tokens")
+        profiles = []
+        for size in args.sizes:
+            for threads in args.threads:
+                runs = ["new", "old"] + (["recompute"] if size in args.recompute_sizes and threads == 1 else [])
+                res = {r: spawn(r, size, threads, args, Path(tmp), profile=threads == 1 and r != "recompute")
+                       for r in runs}
+                for r, x in res.items():
+                    steps = args.rollouts * x["agents"] * NUM_FUTURE_TOKENS
+                    share = f"{100 * x['matmul_share']:.0f}" if "matmul_share" in x else "-"
+                    print(f"{size:<6} {threads:>3} {r:<10} {x['wall']:>7.2f} {x['cpu']:>7.2f} {steps / x['cpu']:>19,.0f} "
+                          f"{x['rss_mb']:>11.0f} {res['old']['cpu'] / x['cpu']:>11.2f}x {share:>8} "
+                          f"{bool(np.array_equal(x['tokens'], res['new']['tokens']))}", flush=True)
+                    if "profile" in x and r == "new":
+                        profiles.append((size, x["profile"]))
+        for size, table in profiles:
+            print(f"\ntorch profiler, new engine, {size}, 1 thread (self CPU):\n{table}")
     if not args.skip_broadcast:
         b = bench_broadcast(args.broadcast_workers, repeats=args.broadcast_repeats)
         print(f"weight broadcast, {b['params']:,} params ({b['mb']:.1f} MiB) -> {b['workers']} workers: ours (packed "
-              f"numpy, one ray.put) {b['ours_ms']:.1f} ms (pack + ray.put alone {b['put_ms']:.1f} ms; wait=False "
-              f"{b['no_wait_ms']:.1f} ms) | torch tensors by value {b['naive_ms']:.1f} ms | "
-              f"{b['naive_ms'] / b['ours_ms']:.1f}x")
+              f"buffer, one ray.put) {b['ours_ms']:.1f} ms | one ray.put of the numpy dict {b['plain_ms']:.1f} ms | "
+              f"{b['plain_ms'] / b['ours_ms']:.2f}x")
     return 0
 
 

@@ -39,9 +39,16 @@ class FourierEmbedding(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(), nn.Linear(hidden, hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angle = 2 * math.pi * x.unsqueeze(-1) * self.freqs  # [..., D, B]
-        feats = torch.cat([torch.cos(angle), torch.sin(angle), x.unsqueeze(-1)], dim=-1)  # [..., D, 2B+1]
-        return self.out(feats.flatten(-2) @ self.weight.flatten(0, 1) + self.bias)  # sum over scalars and features
+        # cos, sin and identity features each meet their own slice of the weight (three chained addmm): the same sum
+        # as one matmul over the concatenated features, without materialising the concatenation
+        bands = self.freqs.shape[1]
+        lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
+        angle = (2 * math.pi * flat.unsqueeze(-1) * self.freqs).flatten(1)  # [P, D*B]
+        w = self.weight
+        y = torch.addmm(self.bias, flat, w[:, 2 * bands])
+        y = y.addmm_(torch.cos(angle), w[:, :bands].flatten(0, 1))
+        y = y.addmm_(torch.sin(angle), w[:, bands:2 * bands].flatten(0, 1))
+        return self.out(y.view(*lead, -1))
 
 
 def nearest(dist: torch.Tensor, k: int, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,16 +63,25 @@ def nearest(dist: torch.Tensor, k: int, radius: float) -> tuple[torch.Tensor, to
     return idx, d < radius
 
 
-def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim where mask; rows with no valid entry give all-zero weights."""
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, dim=-1) * mask
+def _key_weights(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention weights [N, K, heads] from scores [N, K, heads] and the key mask [N, K].
+
+    As the model has always been defined (and trained), each key's scores are normalised over the *heads* (softmax
+    along the last dim), and masked keys get weight 0. The mask is constant along that dim, so zeroing after the
+    softmax equals the former fill-then-softmax; the softmax is spelled out because aten's is slow for a last dim of
+    4-8."""
+    e = torch.exp(scores - scores.amax(-1, keepdim=True))
+    return e / e.sum(-1, keepdim=True) * mask[..., None]
 
 
 class RelAttention(nn.Module):
-    """Pre-norm multi-head attention of queries over gathered source keys/values, each key/value shifted by a
-    relative-pose embedding (keys = W_k src + W_kr rel, values = W_v src + W_vr rel); a sigmoid gate mixes the
-    attended vector with a projection of the query; then a feed-forward block."""
+    """Pre-norm multi-head attention of queries over source keys/values, each key/value shifted by a relative-pose
+    embedding (keys = W_k src + W_kr rel, values = W_v src + W_vr rel); a sigmoid gate mixes the attended vector with
+    a projection of the query; then a feed-forward block.
+
+    The relative part is never materialised per pair: per head h, q·(k + Wk_h rel) = q·k + (Wk_hᵀ q)·rel and
+    Σ w (v + Wv_h rel) = Σ w v + Wv_h (Σ w rel), so the [N, K, 2H] projection of `rel` becomes batched matrix products
+    with [N, heads, H] operands."""
 
     def __init__(self, hidden: int, heads: int, ff_mult: int, dropout: float) -> None:
         super().__init__()
@@ -88,21 +104,61 @@ class RelAttention(nn.Module):
         """Key/value projections [..., 2H] of source features [..., H] (cacheable: independent of the query)."""
         return self.kv(self.norm_src(src))
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, rel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [N, H] queries; kv [N, K, 2H] gathered projected sources; rel [N, K, H]; mask [N, K] -> [N, H]."""
-        n, k = mask.shape
-        h = x.shape[-1]
-        dh = h // self.heads
+    def _query(self, x: torch.Tensor):
+        """Normalised queries, per-head queries [N, heads, dh] and the relative-key query [N, heads, H]."""
+        n, h = x.shape
         xn = self.norm_q(x)
-        q = self.q(xn).view(n, self.heads, dh)
-        kv = (kv + self.kv_rel(rel)).view(n, k, 2, self.heads, dh)
-        # broadcast multiply-sum: faster than einsum/bmm for these many tiny matrices (K keys, head dim ~16)
-        scores = (q[:, None] * kv[:, :, 0]).sum(-1) / math.sqrt(dh)  # [N, K, heads]
-        weights = _masked_softmax(scores, mask[:, :, None])
-        attended = (weights[..., None] * kv[:, :, 1]).sum(1).reshape(n, h)
+        q = self.q(xn).view(n, self.heads, h // self.heads)
+        w_k = self.kv_rel.weight[:h].view(self.heads, h // self.heads, h)
+        return xn, q, torch.einsum("nhd,hdc->nhc", q, w_k)
+
+    def _rel_values(self, weights: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        """Σ_k w_k,h Wv_h rel_k: [N, heads, dh] from weights [N, K, heads] and rel [N, K, H]."""
+        h = rel.shape[-1]
+        w_v = self.kv_rel.weight[h:].view(self.heads, h // self.heads, h)
+        return torch.einsum("nhc,hdc->nhd", torch.bmm(weights.transpose(1, 2), rel), w_v)
+
+    def _finish(self, x: torch.Tensor, xn: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(self.gate(torch.cat([attended, xn], dim=-1)))
         x = x + self.drop(self.out(attended + gate * (self.self_proj(xn) - attended)))
         return x + self.drop(self.ff(x))
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, rel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [N, H] queries; kv [N, K, 2H] projected sources of each query; rel [N, K, H]; mask [N, K] -> [N, H]."""
+        n, k = mask.shape
+        h = x.shape[-1]
+        heads, dh = self.heads, h // self.heads
+        xn, q, q_rel = self._query(x)
+        # every head's q·k at once: keys [N, K, H] times the block-diagonal per-head query [N, H, heads]
+        q_diag = (q[..., None] * torch.eye(heads, dtype=q.dtype, device=q.device)[:, None]).view(n, h, heads)
+        scores = torch.baddbmm(torch.bmm(rel, q_rel.transpose(1, 2)), kv[..., :h], q_diag)
+        weights = _key_weights(scores / math.sqrt(dh), mask)  # [N, K, heads]
+        # every head's weights times all values, keep each head's own block (the diagonal)
+        mixed = torch.bmm(weights.transpose(1, 2), kv[..., h:]).view(n, heads, heads, dh)
+        attended = mixed.diagonal(dim1=1, dim2=2).transpose(1, 2) + self._rel_values(weights, rel)
+        return self._finish(x, xn, attended.reshape(n, h))
+
+    def forward_groups(self, x: torch.Tensor, kv: torch.Tensor, idx: torch.Tensor, rel: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """Attention within groups whose sources are the group's own members (agents of one rollout): x [G, A, H]
+        queries, kv [G, A, 2H] their projections, idx [G, A, K] member indices, rel [G*A, K, H], mask [G, A, K] ->
+        [G*A, H]. The same result as `forward` on gathered keys, but dense per group: all member scores by one
+        batched product, picked at idx, and weights scattered back to [G, heads, A, A] (no [G*A, K, 2H] gather)."""
+        g, a, h = x.shape
+        k = idx.shape[-1]
+        heads, dh = self.heads, h // self.heads
+        xn, q, q_rel = self._query(x.reshape(g * a, h))
+        keys = kv[..., :h].reshape(g, a, heads, dh).permute(0, 2, 3, 1)  # [G, heads, dh, A]
+        dense = torch.matmul(q.view(g, a, heads, dh).transpose(1, 2), keys)  # [G, heads, A, A]
+        pick = idx[:, None].expand(g, heads, a, k)
+        src = torch.gather(dense, 3, pick).permute(0, 2, 3, 1).reshape(g * a, k, heads)
+        scores = src + torch.bmm(rel, q_rel.transpose(1, 2))
+        weights = _key_weights(scores / math.sqrt(dh), mask.reshape(g * a, k))
+        spread = torch.zeros_like(dense).scatter_(3, pick, weights.view(g, a, k, heads).permute(0, 3, 1, 2))
+        values = kv[..., h:].reshape(g, a, heads, dh).transpose(1, 2)  # [G, heads, A, dh]
+        attended = torch.matmul(spread, values).transpose(1, 2).reshape(g * a, heads, dh)
+        attended = attended + self._rel_values(weights, rel)
+        return self._finish(x.reshape(g * a, h), xn, attended.reshape(g * a, h))
 
 
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
