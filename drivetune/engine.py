@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from drivetune.model import BehaviorModel, DecodeState, MapContext, agent_batch, map_batch
+from drivetune.model.map_grid import build_map_grid
 from drivetune.samplers import SamplerConfig, StepInputs, sample
 from drivetune.scene import HEADING, NUM_FUTURE_STEPS, VX, VY, X, Y, Z, Scene
 from drivetune.tokenizer import TOKEN_STEPS, TorchVocab, nearest_tokens, token_step_poses, tokenize_map, tokenize_scene
@@ -121,9 +122,11 @@ class _Block:
 
 
 class _MapPool:
-    """Encoded maps of all live scenes in one padded MapContext (slot = scene index); freed slots are reused."""
+    """Encoded maps of all live scenes in one padded MapContext (slot = scene index); freed slots are reused. The
+    map->agent neighbour grid is rebuilt over the pooled maps when scenes join (it is exact for any padding)."""
 
-    def __init__(self) -> None:
+    def __init__(self, radius: float) -> None:
+        self.radius = radius
         self.ctx: MapContext | None = None
         self.refs: list[int] = []
 
@@ -132,19 +135,21 @@ class _MapPool:
             self.ctx, self.refs = new, [1] * new.num_scenes
             return list(range(new.num_scenes))
         m = max(self.ctx.poses.shape[1], new.poses.shape[1])
-        old, new = _pad_maps(self.ctx, m), _pad_maps(new, m)
+        old_poses, old_valid, old_kv = _pad_maps(self.ctx, m)
+        new_poses, new_valid, new_kv = _pad_maps(new, m)
         free = [i for i, r in enumerate(self.refs) if r == 0][: new.num_scenes]
         extra = new.num_scenes - len(free)
         slots = free + list(range(len(self.refs), len(self.refs) + extra))
         self.refs += [0] * extra
-        poses = torch.cat([old.poses, old.poses.new_zeros(extra, m, 3)])
-        valid = torch.cat([old.valid, old.valid.new_zeros(extra, m)])
-        kv = [torch.cat([k.view(-1, m, k.shape[-1]), k.new_zeros(extra, m, k.shape[-1])]) for k in old.kv]
+        poses = torch.cat([old_poses, old_poses.new_zeros(extra, m, 3)])
+        valid = torch.cat([old_valid, old_valid.new_zeros(extra, m)])
+        kv = [torch.cat([k, k.new_zeros(extra, m, k.shape[-1])]) for k in old_kv]
         idx = torch.as_tensor(slots, device=poses.device)
-        poses[idx], valid[idx] = new.poses, new.valid
-        for dst, src in zip(kv, new.kv):
-            dst[idx] = src.view(-1, m, src.shape[-1])
-        self.ctx = MapContext(poses=poses, valid=valid, kv=[k.flatten(0, 1) for k in kv])
+        poses[idx], valid[idx] = new_poses, new_valid
+        for dst, src in zip(kv, new_kv):
+            dst[idx] = src
+        self.ctx = MapContext(poses=poses, valid=valid, kv=[k.flatten(0, 1) for k in kv],
+                              grid=build_map_grid(poses[..., :2], valid, self.radius))
         for s in slots:
             self.refs[s] = 1
         return slots
@@ -153,14 +158,13 @@ class _MapPool:
         self.refs[slot] -= 1
 
 
-def _pad_maps(ctx: MapContext, m: int) -> MapContext:
+def _pad_maps(ctx: MapContext, m: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """A map context's poses [S, m, 3], valid [S, m] and per-layer keys/values [S, m, 2H], padded to m tokens."""
     s, m0 = ctx.valid.shape
-    if m0 == m:
-        return ctx
     pad = m - m0
-    kv = [torch.cat([k.view(s, m0, -1), k.new_zeros(s, pad, k.shape[-1])], 1).flatten(0, 1) for k in ctx.kv]
-    return MapContext(poses=torch.cat([ctx.poses, ctx.poses.new_zeros(s, pad, 3)], 1),
-                      valid=torch.cat([ctx.valid, ctx.valid.new_zeros(s, pad)], 1), kv=kv)
+    kv = [torch.cat([k.view(s, m0, -1), k.new_zeros(s, pad, k.shape[-1])], 1) for k in ctx.kv]
+    return (torch.cat([ctx.poses, ctx.poses.new_zeros(s, pad, 3)], 1),
+            torch.cat([ctx.valid, ctx.valid.new_zeros(s, pad)], 1), kv)
 
 
 def _pad(x: torch.Tensor, a_pad: int, dim: int, fill=0) -> torch.Tensor:
@@ -196,7 +200,7 @@ class Engine:
 
     def __init__(self, model: BehaviorModel, vocab: TorchVocab, policy_version: int = 0) -> None:
         self.model, self.vocab, self.policy_version = model, vocab, policy_version
-        self._maps = _MapPool()
+        self._maps = _MapPool(model.cfg.map_radius)
         self._blocks: weakref.WeakSet[_Block] = weakref.WeakSet()  # live batches (they share the pooled maps)
 
     # ----------------------------------------------------------------------------------------------- start
@@ -265,12 +269,16 @@ class Engine:
         if first is not None and first.sessions == list(sessions) and all(s._block is first for s in sessions):
             return first
         a_pad = max(s.num_agents for s in sessions)
+        steps = max(s._block.state.num_steps for s in sessions)
         kv, poses, valid, types, scene_index, data = [], [], [], [], [], {}
         for s in sessions:
             st, rows, A = s._block.state, s.rows(), s.num_agents
-            kv.append(_pad(st.kv[:, rows, :A], a_pad, 2))
-            poses.append(_pad(st.poses[rows, :A], a_pad, 1))
-            valid.append(_pad(st.valid[rows, :A], a_pad, 1))
+            # Ring caches: token i sits in slot i % W. Sessions that stepped fewer times are rotated so that every
+            # entry keeps its age under the merged step count.
+            shift = (steps - st.num_steps) % st.valid.shape[2]
+            kv.append(_pad(st.kv[:, rows, :A].roll(shift, 3), a_pad, 2))
+            poses.append(_pad(st.poses[rows, :A].roll(shift, 2), a_pad, 1))
+            valid.append(_pad(st.valid[rows, :A].roll(shift, 2), a_pad, 1))
             types.append(_pad(st.type_idx[rows, :A], a_pad, 1))
             scene_index.append(st.scene_index[rows])
         keys = set().union(*(s._block.data for s in sessions))
@@ -285,7 +293,7 @@ class Engine:
                 data.setdefault(k, []).append(_pad(v[s.rows(), :s.num_agents], a_pad, 1, _FILL.get(k, 0)))
         state = DecodeState(map_ctx=self._maps.ctx, scene_index=torch.cat(scene_index), type_idx=torch.cat(types),
                             kv=torch.cat(kv, 1), poses=torch.cat(poses), valid=torch.cat(valid),
-                            num_steps=max(s._block.state.num_steps for s in sessions))
+                            num_steps=steps)
         merged = {k: torch.cat(v) for k, v in data.items()}
         block = _Block(list(sessions), state, merged, bool(merged["ext_on"].any()))
         self._blocks.add(block)

@@ -73,6 +73,10 @@ class ReferenceEngine(nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def cfg(self):
+        return self.model.cfg
+
     def _map_neighbours(self, ctx: RefMapContext, scene_index: torch.Tensor, poses: torch.Tensor):
         m, cfg = ctx.poses.shape[1], self.model.cfg
         mpos = ctx.poses[scene_index]

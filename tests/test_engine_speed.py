@@ -100,9 +100,10 @@ def test_map_grid_finds_exactly_the_brute_force_neighbours():
 
 def test_ring_buffer_state_reports_last_pose(setup):
     scene, tv, model = setup
-    from drivetune.model import collate
+    from drivetune.model import AgentBatch, collate
 
-    mb, ab, _ = collate([scene], model.vocab, max_agents=6)
+    mb, ab, _ = collate([scene], model.vocab)
+    ab = AgentBatch(ab.tokens[:, :6], ab.poses[:, :6], ab.valid[:, :6], ab.type_idx[:, :6])  # 6 agents suffice
     with torch.no_grad():
         state, _ = model.start(model.encode_map(mb), ab.slice_time(0, 2), 2)
         for i in range(2, 10):  # past the 6-token window
