@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 from dataclasses import asdict
@@ -32,12 +31,6 @@ KEY_ENV, KEY = "DT_SERVE_TEST_KEY", "test-key-5f1c"
 SAMPLER = {"kind": "warmk", "k": 8, "temperature": 1.0, "warm_lambda": 2.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _deploy(checkpoint: Path, version: int) -> None:
     """(Re)deploy the service from its Serve config; a new {checkpoint, version} only reconfigures the replica."""
     from services.cli import app_config, apply_config
@@ -52,6 +45,8 @@ def _deploy(checkpoint: Path, version: int) -> None:
 def service(ray_local, tmp_path_factory, womd_637, womd_ee5):
     from ray import serve
 
+    from services.cli import free_port
+
     tmp = tmp_path_factory.mktemp("serve")
     scenes = [load_scene(womd_637), load_scene(womd_ee5)]
     vocab = build_vocab(scenes, sizes=(128, 32, 32))
@@ -60,7 +55,7 @@ def service(ray_local, tmp_path_factory, womd_637, womd_ee5):
         torch.manual_seed(seed)
         models.append(BehaviorModel(ModelConfig.named("micro"), vocab).eval())
     ckpts = [save_checkpoint(tmp / f"ck{i}", m, {"step": i + 1}) for i, m in enumerate(models)]
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     _deploy(ckpts[0], 1)
     url = f"http://127.0.0.1:{port}"
