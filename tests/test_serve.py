@@ -255,24 +255,23 @@ def test_serve_demo_drives_the_sdc_and_scores(service, womd_637, tmp_path, monke
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_serve_yaml_is_a_serve_config_with_the_code_defaults():
+def test_serve_yaml_holds_the_app_args_with_the_code_defaults():
     from ray.serve.schema import ServeDeploySchema
 
     from drivetune.config import ConfigError, from_dict
     from services.app import build_app
+    from services.cli import app_config
     from services.config import ServeConfig
 
-    raw = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
-    ServeDeploySchema(**raw)
-    (app,) = raw["applications"]
-    assert app["import_path"] == "services.app:build_app"
-    assert asdict(from_dict(ServeConfig, app["args"])) == asdict(ServeConfig())  # documented = code defaults
-    assert set(app["deployments"][0]["user_config"]) == {"checkpoint", "version"}
-    build_app({**app["args"], "checkpoint": "x"})  # builds (nothing runs until deployed)
+    args = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
+    settings = {k: v for k, v in args.items() if k not in ("checkpoint", "version")}
+    assert asdict(from_dict(ServeConfig, settings)) == asdict(ServeConfig())  # documented = code defaults
+    build_app(args)  # builds (nothing runs until deployed)
+    ServeDeploySchema(**app_config(ServeConfig(), args["checkpoint"], args["version"]))  # what `drivetune serve` applies
     with pytest.raises(ConfigError, match="max_sesions"):
-        build_app({**app["args"], "max_sesions": 3})
+        build_app({**args, "max_sesions": 3})
     with pytest.raises(ValueError, match="max_sessions=0"):
-        build_app({**app["args"], "max_sessions": 0})
+        build_app({**args, "max_sessions": 0})
 
 
 def test_store_ttl_session_cap_and_replica_miss(tmp_path, womd_637):
