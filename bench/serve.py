@@ -4,15 +4,17 @@ different sessions in one forward, `max_batch_size=16`) against unbatched (`max_
 Scene: the first real WOMD scenario (50 sim agents), the SDC driven by the caller (log replay), the service driving
 the other 49. A random-weights model of each size (latency does not depend on training). Each session runs `--steps`
 steps; every client thread drives one session. Reported: client-side p50/p95/p99 per step, steps/s, the replica's CPU
-seconds per step, replica RSS and RSS growth per open session; also the in-process engine step (no HTTP) of one
-session as a floor. Targets (issue 11): p50 <= 30 ms at 1 session (micro, CPU); batched >= 2x unbatched at 16.
+seconds per step, replica RSS and RSS growth per open session; also the in-process engine (no HTTP) with 1 / 4 / 16
+sessions in one batch: the batching gain the model itself allows. Targets (issue 11): p50 <= 30 ms at 1 session (micro, CPU); batched >= 2x unbatched at 16.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py [--sizes micro tiny] [--levels 1 4 16] [--steps 16]
+        [--engine-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -87,23 +89,25 @@ def level(url: str, payload: bytes, track: np.ndarray, sdc: int, n: int, steps: 
             "mb_per_session": (opened["replica_rss_bytes"] - before["replica_rss_bytes"]) / 2**20 / n}
 
 
-def engine_floor(ckpt: Path, scene, steps: int) -> float:
-    """p50 ms of one in-process session step (observe + forward + act), no HTTP."""
+def engine_floor(ckpt: Path, scene, n: int, steps: int) -> tuple[float, float]:
+    """In-process engine (no HTTP), n sessions stepped together: (p50 ms per batch step, CPU ms per session-step)."""
     from drivetune.checkpoint import load_checkpoint
     from drivetune.samplers import SamplerConfig
 
     model, _ = load_checkpoint(ckpt)
     engine = Engine(model, model.vocab.to_torch("cpu"))
-    (s,) = engine.start([SessionSpec(scene, [0], SamplerConfig(**SAMPLER), [scene.sdc_id])])
-    engine.act([s])
-    track, times = logged_sdc_track(scene), []
+    sessions = engine.start([SessionSpec(scene, [i], SamplerConfig(**SAMPLER), [scene.sdc_id]) for i in range(n)])
+    engine.act(sessions)
+    track, times, cpu = logged_sdc_track(scene), [], 0.0
     for k in range(steps):
-        poses = np.zeros((1, s.num_agents, 5, 3))
-        poses[:, s.external] = track[k % 16 * 5: (k % 16 + 1) * 5]
-        t0 = time.perf_counter()
-        engine.advance([s], [(torch.as_tensor(poses), torch.as_tensor(s.external[None].copy()))])
+        poses = np.zeros((1, sessions[0].num_agents, 5, 3))
+        poses[:, sessions[0].external] = track[k % 16 * 5: (k % 16 + 1) * 5]
+        ext = [(torch.as_tensor(poses), torch.as_tensor(s.external[None].copy())) for s in sessions]
+        t0, c0 = time.perf_counter(), time.process_time()
+        engine.advance(sessions, ext)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+        cpu += time.process_time() - c0
+    return float(np.median(times) * 1e3), cpu / (steps * n) * 1e3
 
 
 def main() -> None:
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["micro"])
     parser.add_argument("--levels", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--engine-only", action="store_true", help="only the in-process engine figures")
     args = parser.parse_args()
     from ray import serve
 
@@ -126,16 +131,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dt_bench_serve_"))
     print(f"scene {scene.scenario_id}: {int(scene.sim_agent_mask().sum())} sim agents (SDC external), "
           f"{args.steps} steps per session; machine shared and loaded, figures are indicative")
-    with ray_session(num_cpus=2, log_to_driver=False):
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
+    with contextlib.nullcontext() if args.engine_only else ray_session(num_cpus=2, log_to_driver=False):
+        url = f"http://127.0.0.1:{free_port()}"
+        if not args.engine_only:
+            serve.start(http_options={"host": "127.0.0.1", "port": int(url.rsplit(":", 1)[1])})
         for size in args.sizes:
             torch.manual_seed(0)
             model = BehaviorModel(ModelConfig.named(size), vocab)
             ckpt = save_checkpoint(tmp / size, model, {"step": 1})
-            print(f"\n{size}: {model.num_parameters() / 1e6:.2f}M parameters; in-process engine step p50 "
-                  f"{engine_floor(ckpt, scene, args.steps):.1f} ms")
+            print(f"\n{size}: {model.num_parameters() / 1e6:.2f}M parameters")
+            for n in args.levels:
+                wall, cpu = engine_floor(ckpt, scene, n, args.steps)
+                print(f"in-process engine, {n:>2} sessions in one batch: p50 {wall:.1f} ms per step, "
+                      f"CPU {cpu:.1f} ms per session-step")
+            if args.engine_only:
+                continue
             print(f"{'batch':>6} {'sessions':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'steps/s':>8} "
                   f"{'mean batch':>10} {'replica cpu ms/step':>20} {'RSS MB':>7} {'MB/session':>10} {'client cpu s':>12}")
             rate = {}
@@ -150,7 +160,8 @@ def main() -> None:
                           f"{r['client_cpu']:>12.1f}")
             n = max(args.levels)
             print(f"{size}: batched / unbatched throughput at {n} sessions: {rate[(16, n)] / rate[(1, n)]:.2f}x")
-        serve.shutdown()
+        if not args.engine_only:
+            serve.shutdown()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import torch
 from drivetune.model import BehaviorModel, DecodeState, MapContext, agent_batch, map_batch
 from drivetune.model.map_grid import build_map_grid
 from drivetune.samplers import SamplerConfig, StepInputs, sample
-from drivetune.scene import HEADING, NUM_FUTURE_STEPS, VX, VY, X, Y, Z, Scene
+from drivetune.scene import HEADING, VX, VY, X, Y, Z, Scene
 from drivetune.tokenizer import TOKEN_STEPS, TorchVocab, nearest_tokens, token_step_poses, tokenize_map, tokenize_scene
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY, NUM_BOUNDARIES, type_index
 from drivetune.tokenizer.matching import boundary_poses

@@ -94,11 +94,12 @@ class SimAgents:
                                 None if version is None else int(version))
 
     def _tune_batch(self) -> None:
-        """A batch fires once every open session has sent its step (simulators step in lockstep), or at the batch
-        timeout: max_batch_size follows the open sessions (at most the configured size), so one session never waits."""
-        open_now = self.store.count()
-        self.step_batch.set_max_batch_size(max(1, min(self.cfg.max_batch_size, open_now)))
-        self.m_sessions.set(open_now)
+        """A batch fires once every active session has sent its step (simulators step in lockstep), or at the batch
+        timeout: max_batch_size follows the sessions that stepped within `active_window_s` (at most the configured
+        size), so a lone session never waits and an idle one does not hold the others back."""
+        active = self.store.active(self.cfg.active_window_s)
+        self.step_batch.set_max_batch_size(max(1, min(self.cfg.max_batch_size, active)))
+        self.m_sessions.set(self.store.count())
 
     def check_health(self) -> None:
         self.store.current()
@@ -159,6 +160,7 @@ class SimAgents:
         start = time.perf_counter()
         _session_header(request, session_id)
         states = {k: v.model_dump() for k, v in body.external_states.items()}
+        self._tune_batch()
         out = await self.step_batch((session_id, states))
         if isinstance(out, ServiceError):
             raise self._count(out)

@@ -2,8 +2,8 @@
 
 Starts the simulation service on a private local Ray (or attaches to `--address` / RAY_ADDRESS) and serves until
 interrupted. KEY=VALUE overrides any `services.config.ServeConfig` field (e.g. `max_sessions=128`). The application is
-deployed from a Serve config (`app_config`, the schema of configs/serve.yaml; `serve deploy configs/serve.yaml` runs
-the same on a cluster), so re-applying it with another {checkpoint, version} swaps the model in place (`--follow`).
+deployed from a Serve config (`app_config`: import path `services.app:build_app`, args as in configs/serve.yaml), so
+re-applying it with another {checkpoint, version} swaps the model in place (`--follow`).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def free_port() -> int:
 
 def app_config(cfg: ServeConfig, checkpoint: str, version: int | None, name: str = "drivetune",
                actor_options: dict | None = None) -> dict:
-    """The Serve config (the schema of configs/serve.yaml) of one service application. Re-applying it with only
-    another {checkpoint, version} swaps the model in place (same code version: `reconfigure`, no restart)."""
+    """The Serve config (what `serve deploy` takes) of one service application. Re-applying it with only another
+    {checkpoint, version} swaps the model in place (same code version: `reconfigure`, no restart)."""
     deployment = {"name": "SimAgents", "user_config": {"checkpoint": str(checkpoint), "version": version}}
     if actor_options is not None:
         deployment["ray_actor_options"] = actor_options

@@ -16,7 +16,8 @@ class ServeConfig:
     session_ttl_s: float = 300.0  # idle sessions expire after this many seconds
     max_steps: int = 160  # steps per session (16 = one 8 s WOSAC rollout; the model's window slides beyond)
     max_batch_size: int = 16  # concurrent steps of different sessions run as one forward
-    batch_wait_timeout_s: float = 0.05  # longest wait for the open sessions' steps to fill a batch
+    batch_wait_timeout_s: float = 0.25  # longest wait for the active sessions' steps to fill a batch
+    active_window_s: float = 2.0  # a session is active (a batch waits for it) if it stepped this recently
     max_ongoing_requests: int = 32  # per replica; raised to max_batch_size if lower
     max_body_bytes: int = 16 * 1024 * 1024  # request size cap (413)
     max_rollouts: int = 64  # POST /v1/rollouts: rollouts per request
@@ -28,8 +29,10 @@ class ServeConfig:
         positive = ("replicas", "max_sessions", "max_steps", "max_batch_size", "max_ongoing_requests",
                     "max_body_bytes", "max_rollouts")
         bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
-        if self.session_ttl_s <= 0 or self.batch_wait_timeout_s < 0 or self.replica_cpus < 0:
-            bad.append("session_ttl_s > 0, batch_wait_timeout_s >= 0 and replica_cpus >= 0 are required")
+        if self.session_ttl_s <= 0 or self.batch_wait_timeout_s < 0 or self.replica_cpus < 0 or \
+                self.active_window_s <= 0:
+            bad.append("session_ttl_s > 0, active_window_s > 0, batch_wait_timeout_s >= 0 and replica_cpus >= 0 "
+                       "are required")
         if bad:
             raise ValueError(f"serve config: bad values {bad} (counts and sizes must be >= 1)")
         return self

@@ -143,6 +143,11 @@ class SessionStore:
     def count(self) -> int:
         return len(self.sessions)
 
+    def active(self, window_s: float) -> int:
+        """Sessions that answered a call within the last `window_s` seconds (the ones a batch should wait for)."""
+        now = time.monotonic()
+        return sum(now - v.last_used < window_s for v in list(self.sessions.values()))
+
     # ------------------------------------------------------------------------------------------ sessions
     def scene_by_id(self, scenario_id: str) -> Scene:
         if not self.cfg.scenario_store:

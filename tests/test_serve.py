@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 from dataclasses import asdict
@@ -32,12 +31,6 @@ KEY_ENV, KEY = "DT_SERVE_TEST_KEY", "test-key-5f1c"
 SAMPLER = {"kind": "warmk", "k": 8, "temperature": 1.0, "warm_lambda": 2.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _deploy(checkpoint: Path, version: int) -> None:
     """(Re)deploy the service from its Serve config; a new {checkpoint, version} only reconfigures the replica."""
     from services.cli import app_config, apply_config
@@ -52,6 +45,8 @@ def _deploy(checkpoint: Path, version: int) -> None:
 def service(ray_local, tmp_path_factory, womd_637, womd_ee5):
     from ray import serve
 
+    from services.cli import free_port
+
     tmp = tmp_path_factory.mktemp("serve")
     scenes = [load_scene(womd_637), load_scene(womd_ee5)]
     vocab = build_vocab(scenes, sizes=(128, 32, 32))
@@ -60,7 +55,7 @@ def service(ray_local, tmp_path_factory, womd_637, womd_ee5):
         torch.manual_seed(seed)
         models.append(BehaviorModel(ModelConfig.named("micro"), vocab).eval())
     ckpts = [save_checkpoint(tmp / f"ck{i}", m, {"step": i + 1}) for i, m in enumerate(models)]
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     _deploy(ckpts[0], 1)
     url = f"http://127.0.0.1:{port}"
@@ -260,24 +255,23 @@ def test_serve_demo_drives_the_sdc_and_scores(service, womd_637, tmp_path, monke
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_serve_yaml_is_a_serve_config_with_the_code_defaults():
+def test_serve_yaml_holds_the_app_args_with_the_code_defaults():
     from ray.serve.schema import ServeDeploySchema
 
     from drivetune.config import ConfigError, from_dict
     from services.app import build_app
+    from services.cli import app_config
     from services.config import ServeConfig
 
-    raw = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
-    ServeDeploySchema(**raw)
-    (app,) = raw["applications"]
-    assert app["import_path"] == "services.app:build_app"
-    assert asdict(from_dict(ServeConfig, app["args"])) == asdict(ServeConfig())  # documented = code defaults
-    assert set(app["deployments"][0]["user_config"]) == {"checkpoint", "version"}
-    build_app({**app["args"], "checkpoint": "x"})  # builds (nothing runs until deployed)
+    args = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
+    settings = {k: v for k, v in args.items() if k not in ("checkpoint", "version")}
+    assert asdict(from_dict(ServeConfig, settings)) == asdict(ServeConfig())  # documented = code defaults
+    build_app(args)  # builds (nothing runs until deployed)
+    ServeDeploySchema(**app_config(ServeConfig(), args["checkpoint"], args["version"]))  # what `drivetune serve` applies
     with pytest.raises(ConfigError, match="max_sesions"):
-        build_app({**app["args"], "max_sesions": 3})
+        build_app({**args, "max_sesions": 3})
     with pytest.raises(ValueError, match="max_sessions=0"):
-        build_app({**app["args"], "max_sessions": 0})
+        build_app({**args, "max_sessions": 0})
 
 
 def test_store_ttl_session_cap_and_replica_miss(tmp_path, womd_637):
