@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory or training run directory")
     parser.add_argument("--version", type=int, default=None, help="policy version (default: the checkpoint's step)")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port")
+    parser.add_argument("--replicas", type=int, default=1, help="Serve replicas (sessions stick to one by x-session-id)")
     parser.add_argument("--api-key-env", default="", help="environment variable holding the API key (Bearer)")
     parser.add_argument("--address", default=None, help="Ray cluster to attach to (default: a private local Ray)")
     parser.add_argument("--follow", action="store_true",

@@ -18,10 +18,7 @@ import numpy as np
 
 from drivetune.atomic import atomic_write_bytes
 from drivetune.client import ServiceCallError, SimAgentsClient
-from drivetune.engine import NUM_LOG_TOKENS
-from drivetune.realism import Rollouts, realism_metrics
 from drivetune.scene import HEADING, NUM_FUTURE_STEPS, X, Y, Z, Scene
-from drivetune.tokenizer import TOKEN_STEPS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario-id", default=None, help="which scenario of the file (default: the first)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--rollouts", type=int, default=4, help="sessions (rollouts) to run")
-    parser.add_argument("--sampler", default="warmk", choices=("topk", "catk", "warmk", "greedy"))
-    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--sampler", default="warmk", choices=("topk", "catk", "warmk", "greedy"),
+                        help="sampler the service uses for the other agents")
+    parser.add_argument("--k", type=int, default=32, help="top-K candidates of the sampler")
     parser.add_argument("--seed", type=int, default=0, help="rollout r uses seed + r")
     parser.add_argument("--api-key-env", default="", help="environment variable holding the API key")
 
@@ -50,8 +48,12 @@ def logged_sdc_track(scene: Scene) -> np.ndarray:
 
 
 def closed_loop(client: SimAgentsClient, scene: Scene, payload: bytes, rollouts: int, sampler: dict,
-                seed: int) -> Rollouts:
+                seed: int) -> "Rollouts":
     """Run `rollouts` sessions for 8 s with the SDC replayed from the log; the realism rollout set."""
+    from drivetune.engine import NUM_LOG_TOKENS
+    from drivetune.realism import Rollouts
+    from drivetune.tokenizer import TOKEN_STEPS
+
     track, sdc = logged_sdc_track(scene), int(scene.sdc_id)
     sessions = [client.create_session(scenario_bytes=payload, sampler=sampler, seed=seed + r) for r in range(rollouts)]
     ids = np.asarray(sessions[0].info["object_ids"], np.int64)
@@ -78,6 +80,7 @@ def closed_loop(client: SimAgentsClient, scene: Scene, payload: bytes, rollouts:
 
 
 def run(args: argparse.Namespace) -> int:
+    from drivetune.realism import realism_metrics
     from drivetune.simulate_cmd import format_table
     from drivetune.tfrecord import read_records
     from drivetune.womd import scene_from_bytes
