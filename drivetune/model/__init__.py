@@ -21,7 +21,8 @@ Model step i consumes token i and its *end* pose (boundary i+1) and predicts tok
     rows are scene-major (row b = s * R + r, `state.scene_index[b] == s`); logits predict the next token.
   - `model.step(state, tokens [B, A], poses [B, A, 3], valid [B, A]) -> logits [B, A, V]`: append one token per
     agent (its end pose, e.g. from `tokenizer.token_end_poses`) and get the next-token logits. Cost: one new token per
-    agent; per-layer key/value caches (temporal window `cfg.time_span`) live in `state` and are updated in place.
+    agent; per-layer key/value caches (ring buffers over the temporal window `cfg.time_span`) live in `state`
+    and are written in place (inference: use `forward` for gradients). No host synchronisation inside `step`.
   - `DecodeState`: `num_rows`, `num_steps` (tokens consumed), `type_idx` [B, A], `last_pose` [B, A, 3],
     `last_valid` [B, A], `scene_index` [B], `select(rows)` -> a new state with those rows (e.g. resampling).
   - `model.token_mask` [3, V] bool buffer (valid ids per type), `model.vocab` (the `MotionVocab` it was built with;

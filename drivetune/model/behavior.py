@@ -227,7 +227,8 @@ class BehaviorModel(nn.Module):
 
     def step(self, state: DecodeState, tokens: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Append one token per agent (tokens [B, A], end poses [B, A, 3], valid [B, A]); returns logits [B, A, V]
-        for the next token. Updates `state` in place."""
+        for the next token. Updates `state` in place (its ring buffers: not for autograd; `forward` is the
+        differentiable path). Device-agnostic and free of host synchronisation."""
         b, a = tokens.shape
         if state.type_idx.shape != (b, a) or poses.shape != (b, a, 3) or valid.shape != (b, a):
             raise ValueError(f"step inputs tokens {tuple(tokens.shape)}, poses {tuple(poses.shape)}, valid "
