@@ -3,6 +3,7 @@
 # procedural synthetic world) and the real WOMD scenario in ../shared:
 #   synth -> ingest (Ray) -> vocab build -> train pipeline [BC pretrain (Ray Train) -> CAT-K SFT -> GRBO -> SFT]
 #   (Ray rollout workers + learner) -> eval (BC against every stage on held-out scenes) -> simulate + submission
+#   -> serve-demo (the HTTP closed-loop service on Ray Serve, queried step by step)
 # Everything lands in runs/demo/. Re-running resumes: finished shards and finished stages are skipped.
 set -euo pipefail
 
@@ -53,5 +54,10 @@ if [[ -f "$REAL" ]]; then
 else
   echo "   (../shared/data/womd not found: skipped)"
 fi
+if [[ -f "$REAL" ]]; then
+  echo "== 7. serve it: a private Ray Serve service; a client drives the SDC from the log, the service the others (4 x 8 s)"
+  "$DT" serve-demo --checkpoint "$OUT/pipeline/03-sft2" --scenario "$REAL" --out "$OUT/serve-demo" --rollouts 4 \
+    --sampler topk --k 16
+fi
 echo "== done in ${SECONDS} s: see $OUT/ (pipeline stages + lineage, eval/eval.md + charts + side-by-side render,"
-echo "   grbo_curves.png, simulate/ rollouts + submission)"
+echo "   grbo_curves.png, simulate/ rollouts + submission, serve-demo/)"
