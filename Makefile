@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean results
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The SMART-R1 Table-3-style ablation (long: hours on 2 CPU cores) -> docs/results.md. Needs `make demo` first.
+results: $(STAMP)
+	$(BIN)/python bench/pipeline.py --bc runs/demo/pipeline/00-bc --shards runs/demo/shards \
+		--heldout runs/demo/heldout --out runs/results --doc docs/results.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

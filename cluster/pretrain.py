@@ -103,11 +103,13 @@ def check_resources(cfg: PretrainConfig, resources: dict[str, float]) -> None:
 def fit(cfg: PretrainConfig) -> Any:
     """Run pretraining on the connected Ray cluster; returns the Ray Train Result."""
     import ray
+    from ray.data import DataContext
     from ray.train import CheckpointConfig, DataConfig as RayDataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from cluster.pretrain_data import build_datasets
     from cluster.pretrain_loop import train_loop
+    from drivetune.ray_runtime import verbose_ray
     from trainer.checkpoints import RunDirectory
 
     cfg.validate()
@@ -116,6 +118,7 @@ def fit(cfg: PretrainConfig) -> Any:
     cfg.run_dir = str(run_dir)
     cfg.data.shards, cfg.data.vocab = str(Path(cfg.data.shards).resolve()), str(Path(cfg.data.vocab).resolve())
     RunDirectory(run_dir).write_config(to_dict(cfg))
+    DataContext.get_current().enable_progress_bars = verbose_ray()  # Ray Data's per-operator bars: --verbose only
     datasets, n_train, n_eval = build_datasets(cfg.data.shards, cfg.data.vocab, cfg.data.eval_fraction,
                                                cfg.data.fraction, cfg.eval_scenes)
     if not n_eval:
