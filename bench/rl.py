@@ -59,11 +59,14 @@ def effect(args: argparse.Namespace) -> None:
     sets = {"heldout_synth": list(iter_scenes(args.heldout))[: args.heldout_scenes],
             "womd_real": [s for p in REAL if p.exists() for s in iter_scenes(str(p))]}
     sampler = SamplerConfig(kind=args.eval_sampler, k=args.eval_k, warm_lambda=args.eval_warm_lambda)
-    results = {"command": " ".join(["python bench/rl.py", *args.argv]), "budget_minutes": args.minutes, "runs": []}
+    command = " ".join(["python bench/rl.py", *args.argv])
+    saved = out / "results.json"  # runs accumulate: a later call adds its runs (BC is scored once)
+    results = json.loads(saved.read_text()) if saved.is_file() else {"runs": []}
+    results.setdefault("commands", []).append(command)
 
     def evaluate(name: str, algo: str, seed: int | None, ckpt: str, extra: dict) -> None:
         t0 = time.perf_counter()
-        row = {"name": name, "algo": algo, "train_seed": seed, "checkpoint": ckpt, **extra}
+        row = {"name": name, "algo": algo, "train_seed": seed, "checkpoint": ckpt, "command": command, **extra}
         for set_name, scenes in sets.items():
             row[set_name] = score(ckpt, scenes, args.eval_rollouts, sampler, args.eval_seed)
         row["eval_seconds"] = time.perf_counter() - t0
@@ -71,17 +74,20 @@ def effect(args: argparse.Namespace) -> None:
         print(json.dumps(row), flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1))
 
-    evaluate("BC", "bc", None, args.bc, {})
+    if not any(r["algo"] == "bc" for r in results["runs"]):
+        evaluate("BC", "bc", None, args.bc, {})
     with ray_session(num_cpus=2, log_to_driver=False):
         for seed in args.seeds:
             for algo in args.algos:
-                run_dir = out / f"{algo}_s{seed}"
+                name = f"{algo}{'-' + args.tag if args.tag else ''}"
+                run_dir = out / f"{name}_s{seed}"
                 t0 = time.perf_counter()
                 records = train(rl_config(algo, args.bc, args.shards, run_dir, f"seed={seed}",
-                                          f"max_iters={args.max_iters}", f"max_minutes={args.minutes}"),
-                                progress=False)
-                evaluate(algo.upper(), algo, seed, str(run_dir), {"iterations": records[-1]["iteration"],
-                                                                  "train_seconds": time.perf_counter() - t0})
+                                          f"max_iters={args.max_iters}", f"max_minutes={args.minutes}",
+                                          *args.set), progress=False)
+                evaluate(name.upper(), name, seed, str(run_dir), {"iterations": records[-1]["iteration"],
+                                                                  "train_seconds": time.perf_counter() - t0,
+                                                                  "overrides": args.set})
     print(table(results))
     (out / "table.md").write_text(table(results))
 
@@ -89,7 +95,7 @@ def effect(args: argparse.Namespace) -> None:
 def table(results: dict) -> str:
     """Markdown: per method and scene set, mean ± std over training seeds of each field; change vs BC."""
     runs = results["runs"]
-    bc = next(r for r in runs if r["algo"] == "bc")
+    bc = next(r for r in runs if r["algo"] == "bc")  # every row's change is against this one
     lines = []
     for set_name in ("heldout_synth", "womd_real"):
         lines += [f"\n**{set_name}**\n", "| method | seeds | iters | " + " | ".join(FIELDS) + " | coll+off vs BC |",
@@ -144,6 +150,8 @@ def main() -> None:
     e.add_argument("--eval-k", type=int, default=16)
     e.add_argument("--eval-warm-lambda", type=float, default=0.0)
     e.add_argument("--eval-seed", type=int, default=1234)
+    e.add_argument("--set", nargs="*", default=[], help="extra config overrides for every run (key=value)")
+    e.add_argument("--tag", default="", help="name suffix of these runs (e.g. a variant of an algorithm)")
     e.add_argument("--out", required=True)
     t = sub.add_parser("throughput")
     t.add_argument("--bc", required=True)
