@@ -32,7 +32,7 @@ from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config, to_dict
 from drivetune.ray_runtime import ray_session, set_process_env
 from drivetune.samplers import SamplerConfig
-from rollout_workers import PolicySpec, PoolConfig, RolloutPool
+from rollout_workers import PolicySpec, PoolConfig, RolloutPool, RolloutWorker
 from trainer.algorithms import AlgoConfig
 from trainer.learner import Learner, LearnerConfig
 from trainer.rewards import RewardConfig
@@ -145,8 +145,10 @@ def check_resources(cfg: RFTConfig, resources: dict[str, float]) -> None:
                           f"{have_cpu:g} / {have_gpu:g}; lower pool.num_workers, pool.num_cpus or learner.num_cpus")
 
 
-def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
-    """Run (or resume) RL post-training on the connected Ray cluster; returns this call's metric records."""
+def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker] = RolloutWorker,
+          learner_cls: type[Learner] = Learner) -> list[dict[str, Any]]:
+    """Run (or resume) RL post-training on the connected Ray cluster; returns this call's metric records.
+    `worker_cls` / `learner_cls` are the rollout and learner actor classes (fault-injection tests pass subclasses)."""
     import ray
     from drivetune.progress import progress as progress_bar
 
@@ -158,8 +160,8 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
     run = RunDirectory(Path(cfg.run_dir).resolve())
     run.write_config(to_dict(cfg))
     sampler = SceneSampler(cfg.data.shards, cfg.data.fraction, cfg.data.eval_fraction)
-    actor = ray.remote(Learner).options(name=f"drivetune-learner-{uuid.uuid4().hex[:8]}",
-                                        num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
+    actor = ray.remote(learner_cls).options(name=f"drivetune-learner-{uuid.uuid4().hex[:8]}",
+                                            num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
     learner = actor.remote(cfg.init, cfg.algo, cfg.reward, cfg.learner, cfg.seed)
     start = 0
     latest = run.latest() if cfg.resume else None
@@ -168,19 +170,20 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
         log.info("resuming %s at iteration %d", run.root, start)
     drop_metrics_after(run, start)  # iterations logged after the checkpoint we resume from are run again
     spec = PolicySpec.from_checkpoint(cfg.init, reward_agents=cfg.scored, device=cfg.learner.device)
-    pool = RolloutPool(spec, cfg.pool)
+    pool = RolloutPool(spec, cfg.pool, worker_cls=worker_cls)
     metrics = RayMetrics(tags={"run": run.root.name, "stage": cfg.stage})
     records: list[dict[str, Any]] = []
 
-    def rollouts(iteration: int) -> tuple[list, list, float, float]:
-        """Broadcast the learner's current weights, then roll this iteration's scenes; (scenes, batches, s, s)."""
+    def rollouts(iteration: int) -> tuple[list, list, float, float, int]:
+        """Broadcast the learner's current weights, then roll this iteration's scenes; (scenes, batches, s, s,
+        rollout worker failures seen so far)."""
         weights, version = ray.get(learner.weights.remote())
         t_b = pool.set_weights(weights, version)
         scenes = sampler.draw(cfg.scenes_per_iter, cfg.seed, iteration)
         t0 = time.perf_counter()
         got = {b.scenario_id: b for b in pool.generate(scenes, cfg.group_size, cfg.sampler, seed=cfg.seed * 7919
                                                         + iteration, sdc=cfg.sdc)}
-        return scenes, [got[s.scenario_id] for s in scenes], t_b, time.perf_counter() - t0
+        return scenes, [got[s.scenario_id] for s in scenes], t_b, time.perf_counter() - t0, pool.restarts_seen
 
     bar = progress_bar(cfg.max_iters, f"{cfg.stage} ({cfg.algo.name})", unit="iter", enabled=progress)
     bar.update(start)
@@ -189,7 +192,7 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
         t_start = time.perf_counter()
         for it in range(start, cfg.max_iters):
             t_iter = time.perf_counter()
-            scenes, batches, t_broadcast, t_rollout = pending
+            scenes, batches, t_broadcast, t_rollout, restarts = pending
             update = learner.update.remote(batches, [ray.put(s) for s in scenes])
             if cfg.max_staleness and it + 1 < cfg.max_iters:  # one-step-off: roll the next scenes meanwhile
                 pending = rollouts(it + 1)
@@ -201,7 +204,7 @@ def train(cfg: RFTConfig, progress: bool = True) -> list[dict[str, Any]]:
             record = {"iteration": it + 1, **stats, "seconds_rollout": t_rollout, "seconds_broadcast": t_broadcast,
                       "seconds_reward_worker": float(sum(b.seconds.get("reward", 0.0) for b in batches)),
                       "seconds_rollout_worker": float(sum(b.seconds.get("rollout", 0.0) for b in batches)),
-                      "seconds_iteration": time.perf_counter() - t_iter}
+                      "seconds_iteration": time.perf_counter() - t_iter, "rollout_worker_restarts": restarts}
             record["groups_per_s"] = len(batches) / record["seconds_iteration"]
             if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
                 record.update(evaluate(ray.get(learner.weights.remote())[0], spec, sampler, cfg))
