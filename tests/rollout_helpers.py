@@ -51,3 +51,18 @@ def assert_same_groups(got: list[RolloutBatch], ref: dict[str, RolloutBatch], ve
 def shifted(weights: dict[str, np.ndarray], delta: float = 0.05) -> dict[str, np.ndarray]:
     """Another policy version: every float array moved by `delta`."""
     return {k: (v + np.float32(delta) if v.dtype == np.float32 else v) for k, v in weights.items()}
+
+
+def rft_data(root: Path) -> Path:
+    """Six synthetic scenes in shards and a random micro BC checkpoint (`root/shards`, `root/bc`) for RL-loop tests."""
+    from drivetune.checkpoint import save_checkpoint
+    from drivetune.shards import write_shards
+    from drivetune.synth.cli import generate
+    from drivetune.tokenizer import build_vocab
+
+    scenes = [generate(11, i) for i in range(6)]
+    write_shards(root / "shards", scenes, shard_size=3)
+    torch.manual_seed(0)
+    model = BehaviorModel(ModelConfig.named("micro", agent_layers=1), build_vocab(scenes, sizes=(48, 24, 24)))
+    save_checkpoint(root / "bc", model, {"step": 0, "stage": "pretrain"})
+    return root

@@ -6,16 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from cluster.plot import plot_run
 from cluster.rft import RFTConfig, check_resources, train
-from drivetune.checkpoint import read_meta, save_checkpoint
+from drivetune.checkpoint import read_meta
 from drivetune.config import ConfigError, load_config
-from drivetune.model import BehaviorModel, ModelConfig
-from drivetune.shards import write_shards
-from drivetune.synth.cli import generate
-from drivetune.tokenizer import build_vocab
+from rollout_helpers import rft_data
 from trainer.checkpoints import RunDirectory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,13 +20,7 @@ PHASES = ("seconds_rollout", "seconds_update", "seconds_broadcast", "seconds_rew
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("rft")
-    scenes = [generate(11, i) for i in range(6)]
-    write_shards(root / "shards", scenes, shard_size=3)
-    torch.manual_seed(0)
-    model = BehaviorModel(ModelConfig.named("micro", agent_layers=1), build_vocab(scenes, sizes=(48, 24, 24)))
-    save_checkpoint(root / "bc", model, {"step": 0, "stage": "pretrain"})
-    return root
+    return rft_data(tmp_path_factory.mktemp("rft"))
 
 
 def _config(data: Path, algo: str, run_dir: Path, *overrides: str) -> RFTConfig:

@@ -8,17 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from ray.exceptions import RayActorError
 
 from cluster.rft import RFTConfig, train
-from drivetune.checkpoint import read_meta, save_checkpoint
+from drivetune.checkpoint import read_meta
 from drivetune.config import load_config
-from drivetune.model import BehaviorModel, ModelConfig
-from drivetune.shards import write_shards
-from drivetune.synth.cli import generate
-from drivetune.tokenizer import build_vocab
 from rollout_workers import RolloutWorker
+from rollout_helpers import rft_data
 from trainer.checkpoints import RunDirectory
 from trainer.learner import Learner
 
@@ -27,13 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("rl_ft")
-    scenes = [generate(11, i) for i in range(6)]
-    write_shards(root / "shards", scenes, shard_size=3)
-    torch.manual_seed(0)
-    model = BehaviorModel(ModelConfig.named("micro", agent_layers=1), build_vocab(scenes, sizes=(48, 24, 24)))
-    save_checkpoint(root / "bc", model, {"step": 0, "stage": "pretrain"})
-    return root
+    return rft_data(tmp_path_factory.mktemp("rl_ft"))
 
 
 def _config(data: Path, run_dir: Path) -> RFTConfig:
