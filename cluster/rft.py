@@ -174,10 +174,10 @@ def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker]
     metrics = RayMetrics(tags={"run": run.root.name, "stage": cfg.stage})
     records: list[dict[str, Any]] = []
 
-    def rollouts(iteration: int) -> tuple[list, list, float, float, int]:
-        """Broadcast the learner's current weights, then roll this iteration's scenes; (scenes, batches, s, s,
-        rollout worker failures seen so far)."""
-        weights, version = ray.get(learner.weights.remote())
+    def rollouts(iteration: int, published: tuple | None = None) -> tuple[list, list, float, float, int]:
+        """Broadcast the learner's weights (`published`, or fetched now), then roll this iteration's scenes;
+        (scenes, batches, s, s, rollout worker failures seen so far)."""
+        weights, version = published or ray.get(learner.weights.remote())
         t_b = pool.set_weights(weights, version)
         scenes = sampler.draw(cfg.scenes_per_iter, cfg.seed, iteration)
         t0 = time.perf_counter()
@@ -193,9 +193,12 @@ def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker]
         for it in range(start, cfg.max_iters):
             t_iter = time.perf_counter()
             scenes, batches, t_broadcast, t_rollout, restarts = pending
+            # One-step-off: the weights the learner holds before this update (fetched while it is idle: a call
+            # queued behind `update` would wait for it) roll the next scenes while it updates.
+            published = ray.get(learner.weights.remote()) if cfg.max_staleness else None
             update = learner.update.remote(batches, [ray.put(s) for s in scenes])
-            if cfg.max_staleness and it + 1 < cfg.max_iters:  # one-step-off: roll the next scenes meanwhile
-                pending = rollouts(it + 1)
+            if cfg.max_staleness and it + 1 < cfg.max_iters:
+                pending = rollouts(it + 1, published)
             stats = ray.get(update)
             over_budget = cfg.max_minutes > 0 and time.perf_counter() - t_start > 60 * cfg.max_minutes
             last = it + 1 == cfg.max_iters or over_budget

@@ -82,3 +82,11 @@ def test_rft_config_errors(data, tmp_path):
         _config(data, "grbo", tmp_path, "init=")
     with pytest.raises(ConfigError, match="CPUs"):
         check_resources(_config(data, "grbo", tmp_path, "pool.num_workers=4"), {"CPU": 2.0})
+
+
+@pytest.mark.slow
+def test_one_step_off_trains_on_groups_one_version_behind(ray_local, data, tmp_path):
+    records = train(_config(data, "grpo", tmp_path / "off", "max_iters=3", "max_staleness=1"), progress=False)
+    assert [r["policy_version_lag"] for r in records] == [0, 1, 1]  # the next rollouts overlap the current update
+    assert [r["policy_version"] for r in records] == [1, 2, 3]
+    assert all(r["logp_diff_max"] <= 1e-4 for r in records)  # the learner kept the version that rolled them
