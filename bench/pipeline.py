@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.rft import RFTConfig, train
+from drivetune.atomic import atomic_write_bytes
 from drivetune.checkpoint import load_checkpoint, resolve_checkpoint
 from drivetune.config import load_config
 from drivetune.evaluation import evaluate_policy, parse_sampler_grid
@@ -34,6 +35,7 @@ REAL = [REPO.parent / "shared/data/womd/motion_data_one_scenario.tfrecord",
 STAGE_CONFIGS = {"sft": "sft_catk_micro", "mpo": "rft_mpo_micro", "grbo": "rft_grbo_micro"}
 RECIPES = {"BC": (), "SFT": ("sft",), "SFT→SFT": ("sft", "sft"), "SFT→MPO": ("sft", "mpo"),
            "SFT→GRBO": ("sft", "grbo"), "SFT→GRBO→SFT": ("sft", "grbo", "sft"), "SFT→MPO→SFT": ("sft", "mpo", "sft")}
+TRAIN_ORDER = ["BC", "SFT", "SFT→MPO", "SFT→MPO→SFT", "SFT→SFT", "SFT→GRBO", "SFT→GRBO→SFT"]  # riskiest first
 FIELDS = {"meta": "metametric", "collision": "simulated_collision_rate", "offroad": "simulated_offroad_rate",
           "red light": "simulated_traffic_light_violation_rate", "minADE": "min_average_displacement_error"}
 
@@ -68,35 +70,55 @@ def main() -> None:
     p.add_argument("--rl-iters", type=int, default=12)
     p.add_argument("--rollouts", type=int, default=32)
     p.add_argument("--grid", default="k=8,32 warm_lambda=0,1,4")
+    p.add_argument("--grid-scenes", type=int, default=8, help="held-out scenes of the Warm-K table")
+    p.add_argument("--render-only", action="store_true", help="write the report from OUT/rows.json as it stands")
     p.add_argument("--out", required=True)
     p.add_argument("--doc", default=None, help="write the Markdown report here (e.g. docs/results.md)")
     args = p.parse_args()
     sets = {"held-out synthetic": list(iter_scenes(args.heldout))[: args.heldout_scenes],
             "real WOMD": [s for f in REAL if f.exists() for s in iter_scenes(str(f))]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_file, grid_file = out / "rows.json", out / "grid.json"
+    rows = json.loads(rows_file.read_text()) if rows_file.exists() else []  # a rerun continues where it stopped
+    grid = json.loads(grid_file.read_text()) if grid_file.exists() else {}
     sampler = SamplerConfig(kind="topk", k=16)
-    rows, cache, t0 = [], {}, time.perf_counter()
-    with ray_session(num_cpus=2, log_to_driver=False):
-        for seed in args.seeds:
-            for name in args.recipes:
-                ckpt = train_recipe(RECIPES[name], args, seed, cache)
-                model, _ = load_checkpoint(ckpt)
-                row = {"recipe": name, "seed": seed, "checkpoint": ckpt}
-                for set_name, scenes in sets.items():
-                    row[set_name] = evaluate_policy(model, None, scenes, args.rollouts, sampler, seed=1234)["mean"]
-                rows.append(row)
-                print(json.dumps({"recipe": name, "seed": seed, **{k: row[k]["metametric"] for k in sets}}),
-                      flush=True)
-    grid = {}
-    for name in ("BC", args.recipes[-1]):
-        model, _ = load_checkpoint(train_recipe(RECIPES[name], args, args.seeds[0], cache))
-        grid[name] = [(s, evaluate_policy(model, None, sets["held-out synthetic"], args.rollouts, s,
-                                          seed=1234)["mean"]) for s in parse_sampler_grid(args.grid, SamplerConfig(kind="warmk"))]
-    report = render(rows, grid, sets, args, time.perf_counter() - t0)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
+    cache, t0 = {}, time.perf_counter()
+    order = [r for r in TRAIN_ORDER if r in args.recipes]
+    if not args.render_only:
+        with ray_session(num_cpus=2, log_to_driver=False):
+            for seed in args.seeds:
+                for name in order:
+                    if any(r["recipe"] == name and r["seed"] == seed for r in rows):
+                        continue
+                    started = time.perf_counter()
+                    ckpt = train_recipe(RECIPES[name], args, seed, cache)
+                    model, _ = load_checkpoint(ckpt)
+                    row = {"recipe": name, "seed": seed, "checkpoint": ckpt}
+                    for set_name, scenes in sets.items():
+                        row[set_name] = evaluate_policy(model, None, scenes, args.rollouts, sampler, seed=1234)["mean"]
+                    row["seconds"] = time.perf_counter() - started
+                    rows.append(row)
+                    write_text(rows_file, json.dumps(rows, indent=1, default=float))
+                    print(json.dumps({"recipe": name, "seed": seed, **{k: row[k]["metametric"] for k in sets}}),
+                          flush=True)
+            grid_sampler = SamplerConfig(kind="warmk")
+            for name in ("BC", order[-1]):
+                if name in grid:
+                    continue
+                model, _ = load_checkpoint(train_recipe(RECIPES[name], args, args.seeds[0], cache))
+                scenes = sets["held-out synthetic"][: args.grid_scenes]
+                grid[name] = [[s.k, s.warm_lambda, evaluate_policy(model, None, scenes, args.rollouts, s, seed=1234)["mean"]]
+                              for s in parse_sampler_grid(args.grid, grid_sampler)]
+                write_text(grid_file, json.dumps(grid, indent=1, default=float))
+    report = render(rows, grid, sets, args, sum(r.get("seconds", 0.0) for r in rows) + time.perf_counter() - t0)
     print(report)
     if args.doc:
-        Path(args.doc).write_text(report)
+        write_text(Path(args.doc), report)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, [text.encode()])
 
 
 def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds: float) -> str:
@@ -110,7 +132,7 @@ def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds
     for set_name, scenes in sets.items():
         lines += [f"## {set_name} ({len(scenes)} scenes)", "", "| recipe | " + " | ".join(FIELDS) + " |",
                   "|---" * (len(FIELDS) + 1) + "|"]
-        for name in dict.fromkeys(r["recipe"] for r in rows):
+        for name in [n for n in RECIPES if any(r["recipe"] == n for r in rows)]:
             vals = [r[set_name] for r in rows if r["recipe"] == name]
             cells = []
             for key in FIELDS.values():
@@ -118,12 +140,12 @@ def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds
                 cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Warm-K test-time scaling (held-out synthetic, no retraining)", "",
+    lines += [f"## Warm-K test-time scaling ({args.grid_scenes} held-out synthetic scenes, training seed "
+              f"{args.seeds[0]}, no retraining)", "",
               "| policy | k | λ | " + " | ".join(FIELDS) + " |", "|---" * (len(FIELDS) + 3) + "|"]
     for name, entries in grid.items():
-        for s, mean in entries:
-            lines.append(f"| {name} | {s.k} | {s.warm_lambda:g} | " + " | ".join(f"{mean[k]:.3f}" for k in
-                                                                             FIELDS.values()) + " |")
+        for k, lam, mean in entries:
+            lines.append(f"| {name} | {k} | {lam:g} | " + " | ".join(f"{mean[f]:.3f}" for f in FIELDS.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
