@@ -21,7 +21,7 @@ from typing import Any
 
 from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config
-from drivetune.ray_runtime import ray_session, set_process_env
+from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
 
 log = logging.getLogger("drivetune.pipeline")
 KINDS = ("pretrain", "sft", "rft")
@@ -93,7 +93,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> list[dict[str, A
         if stage.kind == "pretrain":
             handler = signal.getsignal(signal.SIGINT)
             try:
-                fit(load_config(PretrainConfig, stage.config, common + [f"data.vocab={cfg.vocab}", *stage.overrides]))
+                fit(load_config(PretrainConfig, stage.config, common + [f"data.vocab={cfg.vocab}", *stage.overrides]),
+                    progress=progress)
             finally:  # Ray Train installs its own SIGINT handler and leaves it: Ctrl-C must stop later stages too
                 signal.signal(signal.SIGINT, handler)
         else:
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(PipelineConfig, args.config, args.overrides).validate()
-        with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True):
+        with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True, log_to_driver=verbose_ray()):
             records = run_pipeline(cfg, progress=not args.no_progress)
     except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
         raise CommandError(str(exc)) from None

@@ -9,14 +9,18 @@ checkpoints, `metrics.jsonl` and `config.json`; a rerun with the same `run_dir` 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drivetune.config import ConfigError, load_config, to_dict
-from drivetune.ray_runtime import ray_session, set_process_env
+from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
 from drivetune.model import ModelConfig
 
 log = logging.getLogger("drivetune.pretrain")
@@ -100,8 +104,51 @@ def check_resources(cfg: PretrainConfig, resources: dict[str, float]) -> None:
         raise ConfigError(f"pretrain asks for {cfg.num_workers} GPU workers but the cluster has {gpus:g} GPUs")
 
 
-def fit(cfg: PretrainConfig) -> Any:
-    """Run pretraining on the connected Ray cluster; returns the Ray Train Result."""
+@contextmanager
+def follow_steps(metrics_path: Path, total: int, enabled: bool = True, poll_s: float = 1.0) -> Iterator[None]:
+    """While the block runs, follow the metrics that rank 0 appends to the run directory (the driver reads it, as it
+    reads the checkpoints): a progress bar of training steps and a log line per record. Workers' own output stays in
+    Ray's logs unless `--verbose`."""
+    from drivetune.progress import progress
+
+    offset = metrics_path.stat().st_size if metrics_path.is_file() else 0  # a resumed run's earlier records
+    bar, done, stop = progress(total, "pretrain", unit="step", enabled=enabled), 0, threading.Event()
+
+    def poll() -> None:
+        nonlocal offset, done
+        if not metrics_path.is_file():
+            return
+        with metrics_path.open() as fh:
+            fh.seek(offset)
+            for line in iter(fh.readline, ""):
+                if not line.endswith("\n"):
+                    break  # a record still being written: read it next time
+                offset += len(line)
+                record = json.loads(line)
+                step = int(record.get("step", done))
+                bar.update(max(step - done, 0))
+                done = max(done, step)
+                log.info("step %d/%d %s", step, total, " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                                                 if isinstance(v, float)))
+
+    def loop() -> None:
+        while not stop.wait(poll_s):
+            poll()
+
+    thread = threading.Thread(target=loop, name="pretrain-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        poll()
+        bar.close()
+
+
+def fit(cfg: PretrainConfig, progress: bool = True) -> Any:
+    """Run pretraining on the connected Ray cluster (a progress bar of its steps unless not `progress`); returns the
+    Ray Train Result."""
     import ray
     from ray.data import DataContext
     from ray.train import CheckpointConfig, DataConfig as RayDataConfig, RunConfig, ScalingConfig
@@ -109,7 +156,6 @@ def fit(cfg: PretrainConfig) -> Any:
 
     from cluster.pretrain_data import build_datasets
     from cluster.pretrain_loop import train_loop
-    from drivetune.ray_runtime import verbose_ray
     from trainer.checkpoints import RunDirectory
 
     cfg.validate()
@@ -135,7 +181,8 @@ def fit(cfg: PretrainConfig) -> Any:
         datasets=datasets,
         dataset_config=RayDataConfig(datasets_to_split=["train"]),
     )
-    return trainer.fit()
+    with follow_steps(run_dir / "metrics.jsonl", cfg.max_steps, enabled=progress):
+        return trainer.fit()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     # (loopback only) serves the State API that Ray Train's placement-group cleaner polls; without it that cleaner
     # logs a warning every few seconds and cannot clean up.
     try:
-        with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True):
+        with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True, log_to_driver=verbose_ray()):
             result = fit(cfg)
     except TrainingFailedError as exc:
         log.error("pretraining failed: %s", exc)

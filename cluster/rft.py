@@ -30,7 +30,7 @@ import numpy as np
 
 from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config, to_dict
-from drivetune.ray_runtime import ray_session, set_process_env
+from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
 from drivetune.samplers import SamplerConfig
 from rollout_workers import PolicySpec, PoolConfig, RolloutPool, RolloutWorker
 from trainer.algorithms import AlgoConfig
@@ -286,7 +286,7 @@ def run_stage(args: argparse.Namespace, sft: bool) -> int:
     except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
         raise CommandError(str(exc)) from None
     try:
-        with ray_session(args.address or os.environ.get("RAY_ADDRESS")):
+        with ray_session(args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=verbose_ray()):
             records = train(cfg, progress=not args.no_progress)
     except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
         raise CommandError(str(exc)) from None

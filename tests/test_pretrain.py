@@ -116,3 +116,22 @@ def test_min_ade_against_the_log(womd_637):
     total, n = min_ade(out, scene)
     assert n == int(scene.valid[agents, cur + 1:cur + 81].any(1).sum()) and n > 0
     assert total / n == pytest.approx(1.0)
+
+
+def test_driver_follows_pretraining_steps_from_the_run_directory(tmp_path, caplog):
+    """The driver's step progress comes from the records rank 0 appends: earlier records (a resumed run) and a line
+    still being written are not reported; every new complete record is."""
+    import json
+    import logging
+
+    from cluster.pretrain import follow_steps
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 10, "loss": 9.0}) + "\n")
+    with caplog.at_level(logging.INFO, logger="drivetune.pretrain"):
+        with follow_steps(path, total=40, enabled=False, poll_s=0.01):
+            with path.open("a") as fh:
+                fh.write(json.dumps({"step": 20, "loss": 4.5}) + "\n" + json.dumps({"step": 40, "loss": 3.25}) + "\n")
+                fh.write('{"step": 6')  # partial: not yet a record
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert steps == ["step 20/40 loss=4.5", "step 40/40 loss=3.25"]
