@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -55,6 +56,9 @@ def _check_range(name: str, value: Any, where: str) -> None:
         raise ConfigError(where, f"{name} must be in {interval}, got {value!r}")
 
 
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
@@ -87,6 +91,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint in (int, float, str):
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if hint is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value):
+            return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
         if not isinstance(value, hint) or isinstance(value, bool):
             raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
         return value

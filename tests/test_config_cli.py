@@ -37,6 +37,18 @@ def test_int_is_accepted_for_float_field():
     assert load_config(Job, None, ["optim.lr=1"]).optim.lr == 1.0
 
 
+def test_exponent_without_a_dot_is_a_float(tmp_path):
+    """YAML 1.1 reads `1e-4` as a string; a float field takes it as the number a user means (file and override)."""
+    path = tmp_path / "job.yaml"
+    path.write_text("optim:\n  lr: 5e-4\n")
+    assert load_config(Job, path).optim.lr == 5e-4
+    assert load_config(Job, path, ["optim.lr=1E+2"]).optim.lr == 100.0
+    with pytest.raises(ConfigError, match="expected float"):
+        load_config(Job, None, ["optim.lr=1e-4x"])
+    with pytest.raises(ConfigError, match="expected int"):
+        load_config(Job, None, ["steps=1e3"])
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
