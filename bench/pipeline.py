@@ -7,7 +7,10 @@ held-out synthetic scenes and on the real WOMD scenarios: the same rollouts coun
 Warm-K table (k x lambda, no retraining) is added for BC and the last recipe. Mean and spread over training seeds.
 
     python bench/pipeline.py --bc runs/bench_rl/bc200 --shards runs/bench_rl/shards \
-        --heldout runs/bench_rl/heldout_synth --seeds 0 1 2 --out runs/results --doc docs/results.md
+        --heldout runs/bench_rl/heldout_synth --seeds 0 1 2 --sft-iters 4 --rl-iters 10 --out runs/results \
+        --doc docs/results.md
+
+`make results` (bench/results.sh) makes the data and the BC model first. A rerun continues from OUT/rows.json.
 """
 
 from __future__ import annotations
