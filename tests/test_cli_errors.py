@@ -247,7 +247,9 @@ ray.init = init
 with ray_session(num_cpus=1):
     print("not reached", flush=True)
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
+    # A shell's background job starts with SIGINT ignored, and Python then keeps it so: give the child the default
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     temp_dir = proc.stdout.splitlines()[0]
     assert proc.returncode != 0 and "not reached" not in proc.stdout
     assert temp_dir.startswith("/tmp/dt_ray_") and not os.path.exists(temp_dir)

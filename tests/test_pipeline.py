@@ -59,7 +59,8 @@ def _launch(data: Path, run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "drivetune.cli", "train", "pipeline", "--no-progress", "--config",
                              str(REPO / "configs/pipeline_micro.yaml"), *_overrides(data, run_dir)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not a shell's ignore
 
 
 @pytest.mark.slow
