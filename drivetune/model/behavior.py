@@ -14,7 +14,7 @@ from drivetune.model.layers import FourierEmbedding, RelAttention, mlp, nearest,
 from drivetune.tokenizer import NUM_AGENT_TYPES, MotionVocab
 from drivetune.tokenizer.map_tokens import NUM_MAP_CATEGORIES, NUM_SIGNAL_CLASSES
 
-
+CPU_CHUNK_QUERIES = 512  # agent queries per chunk of an incremental step on CPU (pair tensors [512*K, H])
 
 @dataclass
 class MapContext:
@@ -84,6 +84,7 @@ class BehaviorModel(nn.Module):
         self.register_buffer("token_geometry", geometry.flatten(2), persistent=False)  # [3, V, 20]
         self.register_buffer("token_mask", torch.as_tensor(vocab.token_mask, dtype=torch.bool), persistent=False)
         self.num_tokens = int(poses.shape[1])
+        self._full_vocab = bool(self.token_mask.all())
         # embeddings
         self.token_emb = mlp(self.token_geometry.shape[-1], h, h)
         self.type_emb = nn.Embedding(NUM_AGENT_TYPES, h)
@@ -114,10 +115,14 @@ class BehaviorModel(nn.Module):
 
     def _logits(self, x: torch.Tensor, type_idx: torch.Tensor) -> torch.Tensor:
         logits = self.head(x)
+        if self._full_vocab:  # every type uses every id: nothing to mask
+            return logits
         mask = self.token_mask[type_idx]  # [B, A, V]
         if logits.ndim == 4:
             mask = mask[:, :, None]
-        return logits.masked_fill(~mask, float("-inf"))
+        if torch.is_grad_enabled():
+            return logits.masked_fill(~mask, float("-inf"))
+        return logits.masked_fill_(~mask, float("-inf"))  # inference: the head's fresh output, no copy
 
     def _map_neighbours(self, ctx: MapContext, scene_index: torch.Tensor, poses: torch.Tensor):
         """Nearest map tokens of query poses [B, Q, 3]: flat indices into S*M, relative embeddings, mask. Only the
@@ -146,14 +151,15 @@ class BehaviorModel(nn.Module):
             raise ValueError("map batch has no map tokens (pad with one invalid token)")
         poses = torch.cat([mb.pos, mb.heading[..., None]], -1).masked_fill(~mb.valid[..., None], 0.0)
         x = self.map_cat_emb(mb.category) + self.map_sig_emb(mb.signal) + self.map_feat_emb(mb.feat)
-        dist = torch.cdist(poses[..., :2], poses[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
-        eye = torch.eye(m, dtype=torch.bool, device=dist.device)
-        dist = dist.masked_fill(eye | ~mb.valid[:, None, :], float("inf"))
-        idx, mask = nearest(dist, self.cfg.map_map_neighbors, self.cfg.map_map_radius)  # [S, M, K]
-        key = torch.gather(poses[:, None].expand(-1, m, -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
-        rel = self.rel_map_map(pose_features(poses[:, :, None], key)).flatten(0, 1)
-        flat = (torch.arange(s, device=idx.device)[:, None, None] * m + idx).flatten(0, 1)
-        mask = mask.flatten(0, 1)
+        # neighbours from a grid of the map_map radius (exact, see map_grid): no [M, M] distance matrix
+        scenes = torch.arange(s, device=poses.device)
+        cand, dist = build_map_grid(poses[..., :2], mb.valid, self.cfg.map_map_radius).candidates(scenes, poses[..., :2])
+        own = scenes[:, None, None] * m + torch.arange(m, device=poses.device)[:, None]  # [S, M, 1] own flat index
+        pick, mask = nearest(dist.masked_fill_(cand == own, float("inf")), self.cfg.map_map_neighbors,
+                             self.cfg.map_map_radius)  # [S, M, K]
+        flat = torch.gather(cand, 2, pick)  # flat indices s * M + m
+        rel = self.rel_map_map(pose_features(poses[:, :, None], _rows(poses.flatten(0, 1), flat))).flatten(0, 1)
+        flat, mask = flat.flatten(0, 1), mask.flatten(0, 1)
         x = x.flatten(0, 1)
         for block in self.map_blocks:
             x = block(x, _rows(block.project(x), flat), rel, mask)
@@ -234,25 +240,39 @@ class BehaviorModel(nn.Module):
             raise ValueError(f"step inputs tokens {tuple(tokens.shape)}, poses {tuple(poses.shape)}, valid "
                              f"{tuple(valid.shape)} do not match the state's [B, A] = {tuple(state.type_idx.shape)}")
         poses = poses.masked_fill(~valid[..., None], 0.0)
-        x = self._embed(tokens, state.type_idx).flatten(0, 1)  # [B*A, H]
-        t_rel = self.rel_time(pose_features(poses[:, :, None], state.poses, state.lags().float())).flatten(0, 1)
-        t_mask = state.valid.flatten(0, 1)
-        m_idx, m_rel, m_mask = self._map_neighbours(state.map_ctx, state.scene_index, poses)
-        m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
-        a_idx, a_rel, a_mask = self._agent_neighbours(poses, valid)
-        a_rel = a_rel.flatten(0, 1)
-        slot = state.num_steps % self.cfg.time_span
-        for layer in range(self.cfg.agent_layers):
-            tb, mblk, ab = self.time_blocks[layer], self.map_agent_blocks[layer], self.agent_blocks[layer]
-            kv_now = tb.project(x)
-            x = tb(x, state.kv[layer].flatten(0, 1), t_rel, t_mask)
-            state.kv[layer, :, :, slot] = kv_now.view(b, a, -1)  # after its use: the new token is not its own key
-            x = mblk(x, _rows(state.map_ctx.kv[layer], m_idx), m_rel, m_mask)
-            x = ab.forward_groups(x.view(b, a, -1), ab.project(x).view(b, a, -1), a_idx, a_rel, a_mask)
+        slot, lags = state.num_steps % self.cfg.time_span, state.lags().float()
+        rows = b if poses.device.type != "cpu" else max(1, CPU_CHUNK_QUERIES // max(a, 1))
+        if rows >= b:
+            logits = self._step_rows(state, slice(None), tokens, poses, valid, slot, lags)
+        else:  # rollout rows are independent: chunks keep the pair tensors cache-sized (and off fresh mmap pages)
+            logits = torch.cat([self._step_rows(state, slice(i, i + rows), tokens[i:i + rows], poses[i:i + rows],
+                                                valid[i:i + rows], slot, lags) for i in range(0, b, rows)])
         state.poses[:, :, slot] = poses
         state.valid[:, :, slot] = valid
         state.num_steps += 1
-        return self._logits(x.view(b, a, -1), state.type_idx)
+        return logits
+
+    def _step_rows(self, state: DecodeState, r: slice, tokens: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor,
+                   slot: int, lags: torch.Tensor) -> torch.Tensor:
+        """`step` for the state rows `r` (tokens / masked poses / valid of those rows); writes their cache slot."""
+        b, a = tokens.shape
+        type_idx, past_valid = state.type_idx[r], state.valid[r]
+        x = self._embed(tokens, type_idx).flatten(0, 1)  # [b*A, H]
+        t_rel = self.rel_time(pose_features(poses[:, :, None], state.poses[r], lags)).flatten(0, 1)
+        t_mask = past_valid.flatten(0, 1)
+        m_idx, m_rel, m_mask = self._map_neighbours(state.map_ctx, state.scene_index[r], poses)
+        m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
+        a_idx, a_rel, a_mask = self._agent_neighbours(poses, valid)
+        a_rel = a_rel.flatten(0, 1)
+        for layer in range(self.cfg.agent_layers):
+            tb, mblk, ab = self.time_blocks[layer], self.map_agent_blocks[layer], self.agent_blocks[layer]
+            kv_now = tb.project(x)
+            cache = state.kv[layer, r]
+            x = tb(x, cache.flatten(0, 1), t_rel, t_mask)
+            cache[:, :, slot] = kv_now.view(b, a, -1)  # after its use: the new token is not its own key
+            x = mblk(x, _rows(state.map_ctx.kv[layer], m_idx), m_rel, m_mask)
+            x = ab.forward_groups(x.view(b, a, -1), ab.project(x).view(b, a, -1), a_idx, a_rel, a_mask)
+        return self._logits(x.view(b, a, -1), type_idx)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
