@@ -90,7 +90,7 @@ def test_map_grid_finds_exactly_the_brute_force_neighbours():
     cand, dist = grid.candidates(scene, q)
     brute = torch.cdist(q, pts[scene], compute_mode="donot_use_mm_for_euclid_dist")
     brute = brute.masked_fill(~valid[scene][:, None], float("inf"))
-    (i_g, m_g), (i_b, m_b) = nearest(dist, k, radius), nearest(brute, k, radius)
+    (i_g, m_g), (i_b, m_b) = nearest(dist, k, radius ** 2), nearest(brute, k, radius)  # the grid's are squared
     got = torch.gather(cand, 2, i_g).masked_fill(~m_g, -1).sort(-1).values
     want = (scene[:, None, None] * m + i_b).masked_fill(~m_b, -1).sort(-1).values
     assert torch.equal(got, want)

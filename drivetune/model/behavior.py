@@ -14,7 +14,9 @@ from drivetune.model.layers import FourierEmbedding, RelAttention, mlp, nearest,
 from drivetune.tokenizer import NUM_AGENT_TYPES, MotionVocab
 from drivetune.tokenizer.map_tokens import NUM_MAP_CATEGORIES, NUM_SIGNAL_CLASSES
 
-CPU_CHUNK_QUERIES = 512  # agent queries per chunk of an incremental step on CPU (pair tensors [512*K, H])
+CPU_CHUNK_FLOATS = 2**21  # an incremental step on CPU runs in row chunks whose pair tensors hold about this many floats
+CPU_SPARSE_PAIRS = True  # on CPU, embed only the neighbour pairs inside the radius ...
+SPARSE_MAX_SHARE = 0.8  # ... when at most this share of them is inside
 
 @dataclass
 class MapContext:
@@ -124,16 +126,17 @@ class BehaviorModel(nn.Module):
             return logits.masked_fill(~mask, float("-inf"))
         return logits.masked_fill_(~mask, float("-inf"))  # inference: the head's fresh output, no copy
 
-    def _map_neighbours(self, ctx: MapContext, scene_index: torch.Tensor, poses: torch.Tensor):
+    def _map_neighbours(self, ctx: MapContext, scene_index: torch.Tensor, poses: torch.Tensor, sparse: bool = False):
         """Nearest map tokens of query poses [B, Q, 3]: flat indices into S*M, relative embeddings, mask. Only the
         grid cell's candidates are measured (exactly the tokens within the radius are among them, see map_grid)."""
         cand, dist = ctx.grid.candidates(scene_index, poses[..., :2])  # [B, Q, C]
-        pick, mask = nearest(dist, self.cfg.map_neighbors, self.cfg.map_radius)  # [B, Q, K]
+        pick, mask = nearest(dist, self.cfg.map_neighbors, self.cfg.map_radius ** 2)  # [B, Q, K] (squared distances)
         idx = torch.gather(cand, 2, pick)  # padding (masked) points at token 0
-        rel = self.rel_map(pose_features(poses[:, :, None], _rows(ctx.poses.flatten(0, 1), idx)))
+        rel = _embed_pairs(self.rel_map, pose_features(poses[:, :, None], _rows(ctx.poses.flatten(0, 1), idx)),
+                           mask if sparse else None)
         return idx, rel, mask
 
-    def _agent_neighbours(self, poses: torch.Tensor, valid: torch.Tensor):
+    def _agent_neighbours(self, poses: torch.Tensor, valid: torch.Tensor, sparse: bool = False):
         """Nearest other valid agents at one time: poses [G, A, 3], valid [G, A] -> idx [G, A, K], rel, mask."""
         a = poses.shape[1]
         dist = torch.cdist(poses[..., :2], poses[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
@@ -141,7 +144,7 @@ class BehaviorModel(nn.Module):
         dist = dist.masked_fill(eye | ~valid[:, None, :], float("inf"))
         idx, mask = nearest(dist, self.cfg.agent_neighbors, self.cfg.agent_radius)
         key = torch.gather(poses[:, None].expand(-1, a, -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
-        return idx, self.rel_agent(pose_features(poses[:, :, None], key)), mask
+        return idx, _embed_pairs(self.rel_agent, pose_features(poses[:, :, None], key), mask if sparse else None), mask
 
     # --------------------------------------------------------------------- map
     def encode_map(self, mb: MapBatch) -> MapContext:
@@ -151,15 +154,14 @@ class BehaviorModel(nn.Module):
             raise ValueError("map batch has no map tokens (pad with one invalid token)")
         poses = torch.cat([mb.pos, mb.heading[..., None]], -1).masked_fill(~mb.valid[..., None], 0.0)
         x = self.map_cat_emb(mb.category) + self.map_sig_emb(mb.signal) + self.map_feat_emb(mb.feat)
-        # neighbours from a grid of the map_map radius (exact, see map_grid): no [M, M] distance matrix
-        scenes = torch.arange(s, device=poses.device)
-        cand, dist = build_map_grid(poses[..., :2], mb.valid, self.cfg.map_map_radius).candidates(scenes, poses[..., :2])
-        own = scenes[:, None, None] * m + torch.arange(m, device=poses.device)[:, None]  # [S, M, 1] own flat index
-        pick, mask = nearest(dist.masked_fill_(cand == own, float("inf")), self.cfg.map_map_neighbors,
-                             self.cfg.map_map_radius)  # [S, M, K]
-        flat = torch.gather(cand, 2, pick)  # flat indices s * M + m
-        rel = self.rel_map_map(pose_features(poses[:, :, None], _rows(poses.flatten(0, 1), flat))).flatten(0, 1)
-        flat, mask = flat.flatten(0, 1), mask.flatten(0, 1)
+        dist = torch.cdist(poses[..., :2], poses[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
+        eye = torch.eye(m, dtype=torch.bool, device=dist.device)
+        dist = dist.masked_fill(eye | ~mb.valid[:, None, :], float("inf"))
+        idx, mask = nearest(dist, self.cfg.map_map_neighbors, self.cfg.map_map_radius)  # [S, M, K]
+        key = torch.gather(poses[:, None].expand(-1, m, -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
+        rel = self.rel_map_map(pose_features(poses[:, :, None], key)).flatten(0, 1)
+        flat = (torch.arange(s, device=idx.device)[:, None, None] * m + idx).flatten(0, 1)
+        mask = mask.flatten(0, 1)
         x = x.flatten(0, 1)
         for block in self.map_blocks:
             x = block(x, _rows(block.project(x), flat), rel, mask)
@@ -241,28 +243,31 @@ class BehaviorModel(nn.Module):
                              f"{tuple(valid.shape)} do not match the state's [B, A] = {tuple(state.type_idx.shape)}")
         poses = poses.masked_fill(~valid[..., None], 0.0)
         slot, lags = state.num_steps % self.cfg.time_span, state.lags().float()
-        rows = b if poses.device.type != "cpu" else max(1, CPU_CHUNK_QUERIES // max(a, 1))
-        if rows >= b:
-            logits = self._step_rows(state, slice(None), tokens, poses, valid, slot, lags)
-        else:  # rollout rows are independent: chunks keep the pair tensors cache-sized (and off fresh mmap pages)
-            logits = torch.cat([self._step_rows(state, slice(i, i + rows), tokens[i:i + rows], poses[i:i + rows],
-                                                valid[i:i + rows], slot, lags) for i in range(0, b, rows)])
+        width = max(2 * self.cfg.hidden, 5 * self.cfg.fourier_bands)  # widest per-pair tensor (keys/values, angles)
+        pairs = a * max(self.cfg.map_neighbors, min(a, self.cfg.agent_neighbors), 1)
+        rows = b if poses.device.type != "cpu" else max(1, CPU_CHUNK_FLOATS // (pairs * width))
+        logits = poses.new_empty(b, a, self.num_tokens)
+        for i in range(0, b, rows):  # rollout rows are independent: chunks keep the pair tensors cache-sized on CPU
+            r = slice(i, i + rows)
+            self._step_rows(state, r, tokens[r], poses[r], valid[r], slot, lags, logits[r])
         state.poses[:, :, slot] = poses
         state.valid[:, :, slot] = valid
         state.num_steps += 1
         return logits
 
     def _step_rows(self, state: DecodeState, r: slice, tokens: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor,
-                   slot: int, lags: torch.Tensor) -> torch.Tensor:
-        """`step` for the state rows `r` (tokens / masked poses / valid of those rows); writes their cache slot."""
+                   slot: int, lags: torch.Tensor, out: torch.Tensor) -> None:
+        """`step` for the state rows `r` (tokens / masked poses / valid of those rows): writes their cache slot and
+        their next-token logits into `out` [b, A, V]."""
         b, a = tokens.shape
         type_idx, past_valid = state.type_idx[r], state.valid[r]
         x = self._embed(tokens, type_idx).flatten(0, 1)  # [b*A, H]
         t_rel = self.rel_time(pose_features(poses[:, :, None], state.poses[r], lags)).flatten(0, 1)
         t_mask = past_valid.flatten(0, 1)
-        m_idx, m_rel, m_mask = self._map_neighbours(state.map_ctx, state.scene_index[r], poses)
+        sparse = CPU_SPARSE_PAIRS and poses.device.type == "cpu"  # (reads the mask on the host: CPU only)
+        m_idx, m_rel, m_mask = self._map_neighbours(state.map_ctx, state.scene_index[r], poses, sparse)
         m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
-        a_idx, a_rel, a_mask = self._agent_neighbours(poses, valid)
+        a_idx, a_rel, a_mask = self._agent_neighbours(poses, valid, sparse)
         a_rel = a_rel.flatten(0, 1)
         for layer in range(self.cfg.agent_layers):
             tb, mblk, ab = self.time_blocks[layer], self.map_agent_blocks[layer], self.agent_blocks[layer]
@@ -272,7 +277,10 @@ class BehaviorModel(nn.Module):
             cache[:, :, slot] = kv_now.view(b, a, -1)  # after its use: the new token is not its own key
             x = mblk(x, _rows(state.map_ctx.kv[layer], m_idx), m_rel, m_mask)
             x = ab.forward_groups(x.view(b, a, -1), ab.project(x).view(b, a, -1), a_idx, a_rel, a_mask)
-        return self._logits(x.view(b, a, -1), type_idx)
+        final = self.head[-1]
+        torch.addmm(final.bias, self.head[:-1](x), final.weight.t(), out=out.view(b * a, -1))  # the head, in place
+        if not self._full_vocab:
+            out.masked_fill_(~self.token_mask[type_idx], float("-inf"))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -282,6 +290,19 @@ def _scene_index(rows: int, scenes: int, device: torch.device) -> torch.Tensor:
     if rows % scenes:
         raise ValueError(f"{rows} agent rows is not a multiple of {scenes} map scenes")
     return torch.arange(scenes, device=device).repeat_interleave(rows // scenes)
+
+
+def _embed_pairs(emb: FourierEmbedding, feats: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """emb(feats) [..., H] for pair features [..., D]; with a pair mask [...] only the masked-in pairs are embedded and
+    the others are 0 (attention gives masked pairs weight 0, so their embedding never counts)."""
+    if mask is None:
+        return emb(feats)
+    on = mask.reshape(-1).nonzero().squeeze(-1)
+    if on.numel() > SPARSE_MAX_SHARE * mask.numel():  # gathering and scattering would cost more than they save
+        return emb(feats)
+    flat = feats.reshape(-1, feats.shape[-1])
+    out = flat.new_zeros(flat.shape[0], emb.bias.shape[0])
+    return out.index_copy_(0, on, emb(flat[on])).view(*feats.shape[:-1], -1)
 
 
 def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
