@@ -69,8 +69,9 @@ class _Guarded(Engine):
 
     def start(self, specs):
         sessions = super().start(specs)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode(self.mode)
+        if self.vocab.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode(self.mode)
         return sessions
 
 
@@ -80,7 +81,8 @@ def step_loop_checked(mode: str):
     engine, output = closed_loop.Engine, closed_loop._scene_output
 
     def read_back(*args, **kwargs):
-        torch.cuda.set_sync_debug_mode("default")
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("default")
         return output(*args, **kwargs)
 
     _Guarded.mode = mode
@@ -88,7 +90,8 @@ def step_loop_checked(mode: str):
     try:
         yield
     finally:
-        torch.cuda.set_sync_debug_mode("default")
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("default")
         closed_loop.Engine, closed_loop._scene_output = engine, output
 
 
@@ -110,9 +113,8 @@ def run_case(models, scene, rollouts: int, cfg: SamplerConfig, sdc: str) -> dict
         sync_error = _site(exc)
     with warnings.catch_warnings(record=True) as caught, step_loop_checked("warn"):
         warnings.simplefilter("always")
-        torch.cuda.synchronize()
         t0 = time.perf_counter()
-        gpu = call(m_gpu, tv_gpu)
+        gpu = call(m_gpu, tv_gpu)  # (its outputs are read back: the time includes the device's work)
         wall = time.perf_counter() - t0
     syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
     same = (cpu.tokens == gpu.tokens).all(axis=(1, 2))
@@ -127,7 +129,8 @@ def run_case(models, scene, rollouts: int, cfg: SamplerConfig, sdc: str) -> dict
                 sync_calls=len(syncs), sync_sites=sorted(set(syncs)), cuda_wall_s=wall)
 
 
-def check(devdata: Path) -> dict:
+def check(devdata: Path, device: str) -> dict:
+    """Every identity / sync case of `device` against the CPU."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_num_threads(min(16, os.cpu_count() or 1))
     scenes = [load_scene(devdata / f"{name}.parquet") for name in SCENES]
@@ -137,9 +140,9 @@ def check(devdata: Path) -> dict:
                             (bench_vocab(), [(scenes[0], 32, SamplerConfig(kind="topk", k=32), "policy", False)])):
         torch.manual_seed(0)
         model = BehaviorModel(ModelConfig.named("micro"), vocab).eval()
-        gpu = BehaviorModel(ModelConfig.named("micro"), vocab).eval().cuda()
+        gpu = BehaviorModel(ModelConfig.named("micro"), vocab).eval().to(device)
         gpu.load_state_dict(model.state_dict())
-        models = ((model, vocab.to_torch("cpu")), (gpu, vocab.to_torch("cuda")))
+        models = ((model, vocab.to_torch("cpu")), (gpu, vocab.to_torch(device)))
         for scene, rollouts, cfg, sdc, strict in settings:
             r = run_case(models, scene, rollouts, cfg, sdc)
             r["strict"] = strict
@@ -150,7 +153,8 @@ def check(devdata: Path) -> dict:
                   f"R={rollouts}: same tokens {r['same_rollouts']}/{rollouts}, |dlogp| {r['logp_diff']:.1e}, "
                   f"|dsampler_logp| {r['sampler_logp_diff']:.1e}, |dxy| {r['xy_diff']:.1e} m, host syncs in loop "
                   f"{r['sync_calls']} {r['sync_sites'] or ''} {r['sync_error'] or ''}", flush=True)
-    return dict(cuda=True, device=torch.cuda.get_device_name(), torch=torch.__version__, tolerance=TOL,
+    name = torch.cuda.get_device_name() if device == "cuda" else device
+    return dict(cuda=device == "cuda", device=name, torch=torch.__version__, tolerance=TOL,
                 all_ok=all(r["ok"] for r in results), cases=results)
 
 
@@ -159,15 +163,16 @@ def main() -> int:
     ap.add_argument("--devdata", type=Path, default=ROOT / "devdata")
     ap.add_argument("--prepare", action="store_true", help="copy the scenes from ../shared into --devdata")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--device", default="cuda", help="device checked against the CPU (cpu: a dry run of the script)")
     args = ap.parse_args()
     if args.prepare:
         prepare(args.devdata)
         return 0
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA not available: device checks skipped")
         out = dict(cuda=False, torch=torch.__version__)
     else:
-        out = check(args.devdata)
+        out = check(args.devdata, args.device)
         print(f"identity + sync: {'ALL PASS' if out['all_ok'] else 'FAILURES (see above)'}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

@@ -8,15 +8,18 @@ Rollouts: R=32 top-K rollouts of a real WOMD scene (default: the 50-agent `637f2
     (cc90b4e arithmetic on the same weights): "today's engine";
   - recompute (fair no-cache baseline, issue 13 item 5): all R rollouts batched, every step runs the full model over
     the map and the whole context so far (`model(map, agents)`, no cache), same sampler and random numbers.
-The last column counts the rollouts whose 16 x A tokens all equal the new engine's (old and new differ only by
-float rounding, ~1e-6 in logits, so a rare near-tie draw can flip one token and that rollout then diverges). The share of CPU time in matrix-multiply kernels (torch
-profiler, one new and one old run) tells how far each is from compute-bound.
+With `--cuda`, new and old also run on the CUDA device (wall time, peak `torch.cuda.max_memory_allocated`); their
+ratio column is old-cuda / new-cuda wall, the CPU rows' is old / new CPU seconds at the same thread count.
+The last column counts the rollouts whose 16 x A tokens all equal the new CPU engine's (old and new differ only by
+float rounding, ~1e-6 in logits, so a rare near-tie draw can flip one token and that rollout then diverges). The share
+of CPU time in matrix-multiply kernels (torch profiler, one new and one old run) tells how far each is from
+compute-bound. `--scene` takes a WOMD TFRecord or a Parquet shard (devdata/ on the device machine).
 
 Broadcast: a `tiny` state dict to 4 rollout actors: ours (`RolloutPool.set_weights`: one packed buffer, one `ray.put`)
 vs the standard baseline, one `ray.put` of the numpy dict and its ObjectRef passed to every worker.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/rollouts.py [--sizes micro tiny] [--threads 1 2] [--repeats 2]
-        [--recompute-sizes micro] [--scene PATH] [--skip-broadcast]
+        [--recompute-sizes micro] [--scene PATH] [--skip-broadcast] [--cuda] [--json PATH] [--no-profile]
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ def spawn(run: str, size: str, threads: int, args, tmp: Path, profile: bool, dev
            "--rollouts", str(args.rollouts), "--repeats", str(args.repeats), "--tokens-out", str(out),
            "--device", device]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    print(f"  ... {run} {size} {threads} thread(s) {device}", flush=True)
     proc = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["tokens"] = np.load(out)
@@ -229,6 +233,9 @@ def main() -> int:
         args.threads = args.threads[0]
         print(json.dumps(run_one(args)))
         return 0
+    if args.cuda and not torch.cuda.is_available():
+        print("CUDA not available: the cuda runs are skipped")
+        args.cuda = False
     with tempfile.TemporaryDirectory(prefix="dtrb_") as tmp:
         print(f"scene {args.scene.name}, {args.rollouts} rollouts, top-K 32; wall / CPU s (median of {args.repeats}); "
               f"load average {os.getloadavg()[0]:.1f}")
@@ -260,9 +267,10 @@ def main() -> int:
                                                                     if k not in ("tokens", "profile")}))
                 if "profile" in x and r == "new":
                     profiles.append((size, x["profile"]))
-        if args.json:
-            args.json.write_text(json.dumps(dict(scene=args.scene.name, rollouts=args.rollouts, repeats=args.repeats,
-                                                 load_average=os.getloadavg()[0], runs=figures), indent=1))
+            if args.json:  # after every size: a run cut short by a time limit keeps what it measured
+                args.json.write_text(json.dumps(dict(scene=args.scene.name, rollouts=args.rollouts,
+                                                     repeats=args.repeats, load_average=os.getloadavg()[0],
+                                                     runs=figures), indent=1))
         for size, table in profiles:
             print(f"\ntorch profiler, new engine, {size}, 1 thread (self CPU):\n{table}")
     if not args.skip_broadcast:
