@@ -7,6 +7,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/dt_device_check}
 PY=${PYTHON:-python3}
+"$PY" -c "import torch" 2>/dev/null || PY=python  # the interpreter that has torch
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OMP_NUM_THREADS=1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
@@ -21,7 +22,7 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log, remember a f
 {
   echo "device check $(date -Is) on $(hostname), $(nproc) cores; git $(git rev-parse --short HEAD 2>/dev/null || echo '-')"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  stage imports 40 "$PY" -c "
+  stage imports 30 "$PY" -c "
 import sys
 for m in ('ray', 'fastapi', 'uvicorn', 'pydantic', 'waymo_open_dataset', 'google_crc32c'):
     sys.modules[m] = None  # importing any of them now fails: the engine path must not need them
@@ -29,11 +30,11 @@ import torch, drivetune.closed_loop, drivetune.shards
 sys.path[:0] = ['bench', 'tests']
 import rollouts, device_check
 print('engine imports without ray / fastapi / WOMD protos; torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  stage identity-and-sync 100 "$PY" bench/device_check.py --json "$OUT/identity.json"
-  stage rollouts-50-agents 160 "$PY" bench/rollouts.py --scene devdata/motion_data_one_scenario.parquet \
+  stage identity-and-sync 80 "$PY" bench/device_check.py --json "$OUT/identity.json"
+  stage rollouts-50-agents 170 "$PY" bench/rollouts.py --scene devdata/motion_data_one_scenario.parquet \
     --sizes $SIZES --threads 1 "$THREADS" --repeats 1 --recompute-sizes --skip-broadcast --no-profile --cuda \
     --json "$OUT/rollouts_50.json"
-  stage rollouts-84-agents 50 "$PY" bench/rollouts.py --scene devdata/womd_scenario_input.parquet \
+  stage rollouts-84-agents 60 "$PY" bench/rollouts.py --scene devdata/womd_scenario_input.parquet \
     --sizes micro --threads 1 "$THREADS" --repeats 1 --recompute-sizes --skip-broadcast --no-profile --cuda \
     --json "$OUT/rollouts_84.json"
   echo "=== done $(date +%T), status $status"

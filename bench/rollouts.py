@@ -170,10 +170,12 @@ def spawn(run: str, size: str, threads: int, args, tmp: Path, profile: bool, dev
            "--rollouts", str(args.rollouts), "--repeats", str(args.repeats), "--tokens-out", str(out),
            "--device", device]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    print(f"  ... {run} {size} {threads} thread(s) {device}", flush=True)
     proc = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["tokens"] = np.load(out)
+    peak = f"cuda peak {res['cuda_peak_mb']:.0f} MB" if res["cuda_peak_mb"] else f"peak RSS {res['rss_mb']:.0f} MB"
+    print(f"  ... {run} {size} {threads} thread(s) {device}: wall {res['wall']:.2f} s, cpu {res['cpu']:.2f} s, "
+          f"{res['agents']} agents, {peak}", flush=True)  # progress (kept in the log if a time limit cuts the run)
     return res
 
 
@@ -244,20 +246,21 @@ def main() -> int:
         profiles, figures = [], []
         for size in args.sizes:
             table: dict[tuple[str, int], dict] = {}
+            if args.cuda:  # first (fast), so a time limit that cuts the CPU runs short keeps them
+                table.update({(f"{r}-cuda", args.threads[0]): spawn(r, size, args.threads[0], args, Path(tmp), False,
+                                                                    "cuda") for r in ("new", "old")})
             for threads in args.threads:
                 runs = ["new", "old"] + (["recompute"] if size in args.recompute_sizes and threads == 1 else [])
                 table.update({(r, threads): spawn(r, size, threads, args, Path(tmp), profile=not args.no_profile
                                                   and threads == 1 and r != "recompute") for r in runs})
-            if args.cuda:  # host threads matter little here: the first thread count
-                table.update({(f"{r}-cuda", args.threads[0]): spawn(r, size, args.threads[0], args, Path(tmp), False,
-                                                                    "cuda") for r in ("new", "old")})
             for (r, threads), x in table.items():
                 gpu = r.endswith("-cuda")
                 old = table[("old-cuda" if gpu else "old", threads)]
                 steps = args.rollouts * x["agents"] * NUM_FUTURE_TOKENS
                 share = f"{100 * x['matmul_share']:.0f}" if "matmul_share" in x else "-"
                 ratio = old["wall"] / x["wall"] if gpu else old["cpu"] / x["cpu"]  # GPU: wall; CPU: CPU seconds
-                same = int((x["tokens"] == table[("new", args.threads[0])]["tokens"]).all(axis=(1, 2)).sum())
+                ref = table.get(("new", args.threads[0]), x)["tokens"]
+                same = int((x["tokens"] == ref).all(axis=(1, 2)).sum())
                 peak = x["cuda_peak_mb"] if gpu else x["rss_mb"]
                 print(f"{size:<6} {threads:>3} {r:<10} {x['wall']:>7.2f} {x['cpu']:>7.2f} {steps / x['cpu']:>19,.0f} "
                       f"{steps / x['wall']:>9,.0f} {peak:>8.0f} {ratio:>8.2f}x {share:>8} {same}/{args.rollouts}",
