@@ -86,7 +86,7 @@ class BehaviorModel(nn.Module):
         self.register_buffer("token_geometry", geometry.flatten(2), persistent=False)  # [3, V, 20]
         self.register_buffer("token_mask", torch.as_tensor(vocab.token_mask, dtype=torch.bool), persistent=False)
         self.num_tokens = int(poses.shape[1])
-        self._full_vocab = bool(self.token_mask.all())
+        self._full_vocab = bool(vocab.token_mask.all())  # from numpy: also right when built on the meta device
         # embeddings
         self.token_emb = mlp(self.token_geometry.shape[-1], h, h)
         self.type_emb = nn.Embedding(NUM_AGENT_TYPES, h)
