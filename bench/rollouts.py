@@ -8,15 +8,18 @@ Rollouts: R=32 top-K rollouts of a real WOMD scene (default: the 50-agent `637f2
     (cc90b4e arithmetic on the same weights): "today's engine";
   - recompute (fair no-cache baseline, issue 13 item 5): all R rollouts batched, every step runs the full model over
     the map and the whole context so far (`model(map, agents)`, no cache), same sampler and random numbers.
-The last column counts the rollouts whose 16 x A tokens all equal the new engine's (old and new differ only by
-float rounding, ~1e-6 in logits, so a rare near-tie draw can flip one token and that rollout then diverges). The share of CPU time in matrix-multiply kernels (torch
-profiler, one new and one old run) tells how far each is from compute-bound.
+With `--cuda`, new and old also run on the CUDA device (wall time, peak `torch.cuda.max_memory_allocated`); their
+ratio column is old-cuda / new-cuda wall, the CPU rows' is old / new CPU seconds at the same thread count.
+The last column counts the rollouts whose 16 x A tokens all equal the new CPU engine's (old and new differ only by
+float rounding, ~1e-6 in logits, so a rare near-tie draw can flip one token and that rollout then diverges). The share
+of CPU time in matrix-multiply kernels (torch profiler, one new and one old run) tells how far each is from
+compute-bound. `--scene` takes a WOMD TFRecord or a Parquet shard (devdata/ on the device machine).
 
 Broadcast: a `tiny` state dict to 4 rollout actors: ours (`RolloutPool.set_weights`: one packed buffer, one `ray.put`)
 vs the standard baseline, one `ray.put` of the numpy dict and its ObjectRef passed to every worker.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/rollouts.py [--sizes micro tiny] [--threads 1 2] [--repeats 2]
-        [--recompute-sizes micro] [--scene PATH] [--skip-broadcast]
+        [--recompute-sizes micro] [--scene PATH] [--skip-broadcast] [--cuda] [--json PATH] [--no-profile]
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_
 from drivetune.scene import HEADING, X, Y  # noqa: E402
 from drivetune.tokenizer import MotionVocab, token_end_poses, tokenize_map, tokenize_scene  # noqa: E402
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY  # noqa: E402
-from drivetune.womd import load_scene  # noqa: E402
+from drivetune.scene import Scene  # noqa: E402
 
 SCENE = ROOT.parent / "shared" / "data" / "womd" / "motion_data_one_scenario.tfrecord"
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_cdist_forward")
@@ -99,6 +102,18 @@ def recompute_rollouts(model, tv, scene, rollouts: int, seed: int) -> np.ndarray
     return out
 
 
+def load_scene(path: Path) -> Scene:
+    """The first scene of a WOMD TFRecord, or of a Parquet shard (`drivetune.shards`: readable without the WOMD
+    protos, e.g. devdata/ on the device machine)."""
+    if Path(path).suffix == ".parquet":
+        from drivetune.shards import read_shard
+
+        return read_shard(path)[0]
+    from drivetune.womd import load_scene as load_womd
+
+    return load_womd(path)
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -109,8 +124,11 @@ def run_one(args) -> dict:
     scene = load_scene(args.scene)
     vocab = grid_vocab()
     torch.manual_seed(0)
-    model = BehaviorModel(ModelConfig.named(args.size), vocab).eval()
-    tv = vocab.to_torch("cpu")
+    dev = torch.device(args.device)
+    model = BehaviorModel(ModelConfig.named(args.size), vocab).eval().to(dev)
+    tv = vocab.to_torch(dev)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     from reference_engine import ReferenceEngine
 
     engine = ReferenceEngine(model) if args.run == "old" else model
@@ -121,14 +139,19 @@ def run_one(args) -> dict:
         call = lambda: simulate(engine, tv, [scene], args.rollouts, SAMPLER, base_seed=1)[0].tokens  # noqa: E731
         simulate(engine, tv, [scene], 2, SAMPLER)  # warm-up
     walls, cpus = [], []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(args.repeats):
+        sync()
         w0, c0 = time.perf_counter(), time.process_time()
         tokens = call()
+        sync()
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     np.save(args.tokens_out, tokens)
     res = dict(wall=statistics.median(walls), cpu=statistics.median(cpus), rss_mb=_rss_mb(),
-               params=model.num_parameters(), agents=int(tokens.shape[1]))
+               params=model.num_parameters(), agents=int(tokens.shape[1]),
+               cuda_peak_mb=torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -141,14 +164,18 @@ def run_one(args) -> dict:
     return res
 
 
-def spawn(run: str, size: str, threads: int, args, tmp: Path, profile: bool) -> dict:
-    out = tmp / f"{run}_{size}_{threads}.npy"
+def spawn(run: str, size: str, threads: int, args, tmp: Path, profile: bool, device: str = "cpu") -> dict:
+    out = tmp / f"{run}_{size}_{threads}_{device}.npy"
     cmd = [sys.executable, __file__, "--run", run, "--size", size, "--threads", str(threads), "--scene", str(args.scene),
-           "--rollouts", str(args.rollouts), "--repeats", str(args.repeats), "--tokens-out", str(out)]
+           "--rollouts", str(args.rollouts), "--repeats", str(args.repeats), "--tokens-out", str(out),
+           "--device", device]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["tokens"] = np.load(out)
+    peak = f"cuda peak {res['cuda_peak_mb']:.0f} MB" if res["cuda_peak_mb"] else f"peak RSS {res['rss_mb']:.0f} MB"
+    print(f"  ... {run} {size} {threads} thread(s) {device}: wall {res['wall']:.2f} s, cpu {res['cpu']:.2f} s, "
+          f"{res['agents']} agents, {peak}", flush=True)  # progress (kept in the log if a time limit cuts the run)
     return res
 
 
@@ -195,34 +222,58 @@ def main() -> int:
     ap.add_argument("--broadcast-workers", type=int, default=4)
     ap.add_argument("--broadcast-repeats", type=int, default=15)
     ap.add_argument("--skip-broadcast", action="store_true")
+    ap.add_argument("--cuda", action="store_true", help="also run new and old on the CUDA device (once per size)")
+    ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    ap.add_argument("--no-profile", action="store_true", help="skip the torch-profiler pass (matmul share)")
     ap.add_argument("--run", choices=["new", "old", "recompute"], help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
     ap.add_argument("--tokens-out", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run:
         args.threads = args.threads[0]
         print(json.dumps(run_one(args)))
         return 0
+    if args.cuda and not torch.cuda.is_available():
+        print("CUDA not available: the cuda runs are skipped")
+        args.cuda = False
     with tempfile.TemporaryDirectory(prefix="dtrb_") as tmp:
         print(f"scene {args.scene.name}, {args.rollouts} rollouts, top-K 32; wall / CPU s (median of {args.repeats}); "
               f"load average {os.getloadavg()[0]:.1f}")
         print(f"{'size':<6} {'thr':>3} {'engine':<10} {'wall s':>7} {'cpu s':>7} {'agent-steps/s (cpu)':>19} "
-              f"{'peak RSS MB':>11} {'cpu x vs old':>12} {'matmul %':>8} rollouts with new's tokens")
-        profiles = []
+              f"{'(wall)':>9} {'peak MB':>8} {'x vs old':>9} {'matmul %':>8} rollouts with new's tokens")
+        profiles, figures = [], []
         for size in args.sizes:
+            table: dict[tuple[str, int], dict] = {}
+            if args.cuda:  # first (fast), so a time limit that cuts the CPU runs short keeps them
+                table.update({(f"{r}-cuda", args.threads[0]): spawn(r, size, args.threads[0], args, Path(tmp), False,
+                                                                    "cuda") for r in ("new", "old")})
             for threads in args.threads:
                 runs = ["new", "old"] + (["recompute"] if size in args.recompute_sizes and threads == 1 else [])
-                res = {r: spawn(r, size, threads, args, Path(tmp), profile=threads == 1 and r != "recompute")
-                       for r in runs}
-                for r, x in res.items():
-                    steps = args.rollouts * x["agents"] * NUM_FUTURE_TOKENS
-                    share = f"{100 * x['matmul_share']:.0f}" if "matmul_share" in x else "-"
-                    print(f"{size:<6} {threads:>3} {r:<10} {x['wall']:>7.2f} {x['cpu']:>7.2f} {steps / x['cpu']:>19,.0f} "
-                          f"{x['rss_mb']:>11.0f} {res['old']['cpu'] / x['cpu']:>11.2f}x {share:>8} "
-                          f"{int((x['tokens'] == res['new']['tokens']).all(axis=(1, 2)).sum())}/{args.rollouts}", flush=True)
-                    if "profile" in x and r == "new":
-                        profiles.append((size, x["profile"]))
+                table.update({(r, threads): spawn(r, size, threads, args, Path(tmp), profile=not args.no_profile
+                                                  and threads == 1 and r != "recompute") for r in runs})
+            for (r, threads), x in table.items():
+                gpu = r.endswith("-cuda")
+                old = table[("old-cuda" if gpu else "old", threads)]
+                steps = args.rollouts * x["agents"] * NUM_FUTURE_TOKENS
+                share = f"{100 * x['matmul_share']:.0f}" if "matmul_share" in x else "-"
+                ratio = old["wall"] / x["wall"] if gpu else old["cpu"] / x["cpu"]  # GPU: wall; CPU: CPU seconds
+                ref = table.get(("new", args.threads[0]), x)["tokens"]
+                same = int((x["tokens"] == ref).all(axis=(1, 2)).sum())
+                peak = x["cuda_peak_mb"] if gpu else x["rss_mb"]
+                print(f"{size:<6} {threads:>3} {r:<10} {x['wall']:>7.2f} {x['cpu']:>7.2f} {steps / x['cpu']:>19,.0f} "
+                      f"{steps / x['wall']:>9,.0f} {peak:>8.0f} {ratio:>8.2f}x {share:>8} {same}/{args.rollouts}",
+                      flush=True)
+                figures.append(dict(size=size, threads=threads, engine=r, agent_steps=steps, ratio_vs_old=ratio,
+                                    same_tokens_as_new_cpu=same, **{k: v for k, v in x.items()
+                                                                    if k not in ("tokens", "profile")}))
+                if "profile" in x and r == "new":
+                    profiles.append((size, x["profile"]))
+            if args.json:  # after every size: a run cut short by a time limit keeps what it measured
+                args.json.write_text(json.dumps(dict(scene=args.scene.name, rollouts=args.rollouts,
+                                                     repeats=args.repeats, load_average=os.getloadavg()[0],
+                                                     runs=figures), indent=1))
         for size, table in profiles:
             print(f"\ntorch profiler, new engine, {size}, 1 thread (self CPU):\n{table}")
     if not args.skip_broadcast:

@@ -119,6 +119,19 @@ class _Block:
     state: DecodeState
     data: dict[str, torch.Tensor]
     any_external: bool
+    index: dict = field(default_factory=dict)  # host-built row indices (by sampler group / external), built once
+
+    def host_index(self, key: object, sessions: Sequence["Session"], pick) -> torch.Tensor | None:
+        """Flat indices into [B * A] of the entries `pick(session)` (bool [A]) marks, for `sessions` of this block;
+        None when that is every entry. Built on the host from session facts, so stepping needs no device read."""
+        if key not in self.index:
+            b, a = self.data["sim"].shape
+            on = np.zeros((b, a), bool)
+            for s in sessions:
+                on[s.rows(), :s.num_agents] = pick(s)
+            flat = np.flatnonzero(on)
+            self.index[key] = None if len(flat) == b * a else torch.as_tensor(flat, device=self.data["sim"].device)
+        return self.index[key]
 
 
 class _MapPool:
@@ -243,7 +256,7 @@ class Engine:
         for s, slot, p in zip(sessions, slots, per):
             s._slot, s._offset, s.start_pose = slot, offset, p["pose"].to(dev)
             offset += s.num_rows
-        block = _Block(sessions, state, data, bool(data["ext_on"].any()))
+        block = _Block(sessions, state, data, any(bool(s.external.any()) for s in sessions))
         self._blocks.add(block)
         for s in sessions:
             s._block = block
@@ -295,7 +308,7 @@ class Engine:
                             kv=torch.cat(kv, 1), poses=torch.cat(poses), valid=torch.cat(valid),
                             num_steps=steps)
         merged = {k: torch.cat(v) for k, v in data.items()}
-        block = _Block(list(sessions), state, merged, bool(merged["ext_on"].any()))
+        block = _Block(list(sessions), state, merged, any(bool(s.external.any()) for s in sessions))
         self._blocks.add(block)
         offset = 0
         for s in sessions:
@@ -316,8 +329,8 @@ class Engine:
         uni = torch.zeros(B, A, dtype=torch.float64)
         for s in sessions:
             uni[s.rows(), :s.num_agents] = s.uniforms(s.steps)
-        uni = uni.to(dev)
-        t_row = torch.cat([torch.full((s.num_rows,), s.steps) for s in sessions]).to(dev)
+        uni = _upload(uni, dev)
+        t_row = _upload(torch.cat([torch.full((s.num_rows,), s.steps) for s in sessions]), dev)
         in_log = t_row < d["log"].shape[2]
         t_log = t_row.clamp(max=d["log"].shape[2] - 1)
         rows = torch.arange(B, device=dev)
@@ -330,14 +343,8 @@ class Engine:
         topk = torch.zeros(B * A, k_max, dtype=torch.long, device=dev) if keep_topk else None
         sft = torch.full((B * A,), -1, dtype=torch.long, device=dev)
         for cfg, group in _by_sampler(sessions):
-            if len(group) == len(sessions):
-                ctrl = d["ctrl"]
-            else:
-                member = torch.zeros(B, dtype=torch.bool, device=dev)
-                for s in group:
-                    member[s.rows()] = True
-                ctrl = d["ctrl"] & member[:, None]
-            flat = ctrl.reshape(-1).nonzero().squeeze(-1)
+            flat = blk.host_index(("ctrl", tuple(id(s) for s in group)), group, lambda s: ~s.external)
+            flat = slice(None) if flat is None else flat
             pick = lambda x: x.reshape(B * A, *x.shape[2:])[flat]  # noqa: E731 (rows of controlled agents)
             res = sample(cfg, StepInputs(
                 logits=pick(d["logits"]), uniforms=pick(uni), pose=pick(d["pose"]), type_idx=pick(d["type"]),
@@ -369,6 +376,7 @@ class Engine:
         blk = self._gather(sessions)
         d, dev = blk.data, self.vocab.device
         tok, sub, sim = d["tok"], d["sub"], d["sim"]
+        B, A = sim.shape
         new_pose, valid = sub[:, :, -1], sim.clone()
         if blk.any_external:  # log-replayed or caller-driven agents: their poses are given, their token the nearest
             ext_on = d["ext_on"]
@@ -376,13 +384,16 @@ class Engine:
             ext_valid = torch.zeros_like(sim)
             for s, ext in zip(sessions, external):
                 if ext is not None:
-                    given[s.rows(), :s.num_agents] = torch.as_tensor(ext[0], dtype=sub.dtype, device=dev)
-                    ext_valid[s.rows(), :s.num_agents] = torch.as_tensor(ext[1], dtype=torch.bool, device=dev)
+                    given[s.rows(), :s.num_agents] = _upload(torch.as_tensor(ext[0], dtype=sub.dtype), dev)
+                    ext_valid[s.rows(), :s.num_agents] = _upload(torch.as_tensor(ext[1], dtype=torch.bool), dev)
                 elif bool(s.external.any()):
                     raise ValueError(f"scenario {s.scene.scenario_id}: the external agents' poses are missing")
-            on = ext_on.nonzero(as_tuple=True)  # only the external entries (each query is independent)
-            tok = tok.clone()
-            tok[on] = nearest_tokens(self.vocab, d["type"][on], d["pose"][on], given[:, :, -1][on], k=1)[0][:, 0]
+            on = blk.host_index("external", sessions, lambda s: s.external)  # only the external entries
+            on = slice(None) if on is None else on
+            flat = lambda x: x.reshape(-1, *x.shape[2:])[on]  # noqa: E731
+            tok = tok.clone().view(-1)
+            tok[on] = nearest_tokens(self.vocab, flat(d["type"]), flat(d["pose"]), flat(given[:, :, -1]), k=1)[0][:, 0]
+            tok = tok.view(B, A)
             sub = torch.where(ext_on[:, :, None, None], given, sub)
             new_pose = torch.where(ext_on[:, :, None], given[:, :, -1], new_pose)
             valid = torch.where(ext_on, ext_valid, valid)
@@ -405,6 +416,13 @@ class Engine:
         """One serving step: commit the pending interval with the external poses, then sample the next one."""
         self.observe(sessions, external, forward=True)
         return self.act(sessions)
+
+
+def _upload(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """A host tensor on `dev`; to CUDA through pinned memory, asynchronously (the host never waits for the device)."""
+    if dev.type != "cuda":
+        return x.to(dev)
+    return x.pin_memory().to(dev, non_blocking=True)
 
 
 def _by_sampler(sessions: Sequence[Session]) -> list[tuple[SamplerConfig, list[Session]]]:

@@ -90,7 +90,7 @@ def test_map_grid_finds_exactly_the_brute_force_neighbours():
     cand, dist = grid.candidates(scene, q)
     brute = torch.cdist(q, pts[scene], compute_mode="donot_use_mm_for_euclid_dist")
     brute = brute.masked_fill(~valid[scene][:, None], float("inf"))
-    (i_g, m_g), (i_b, m_b) = nearest(dist, k, radius), nearest(brute, k, radius)
+    (i_g, m_g), (i_b, m_b) = nearest(dist, k, radius ** 2), nearest(brute, k, radius)  # the grid's are squared
     got = torch.gather(cand, 2, i_g).masked_fill(~m_g, -1).sort(-1).values
     want = (scene[:, None, None] * m + i_b).masked_fill(~m_b, -1).sort(-1).values
     assert torch.equal(got, want)
@@ -112,3 +112,21 @@ def test_ring_buffer_state_reports_last_pose(setup):
             fed = ab.poses[:, :, i].masked_fill(~ab.valid[:, :, i, None], 0.0).repeat(2, 1, 1)
             assert torch.equal(state.last_pose, fed) and torch.equal(state.last_valid, ab.valid[:, :, i].repeat(2, 1))
     assert state.num_steps == 10 and sorted(state.lags().tolist()) == [1, 2, 3, 4, 5, 6]
+
+
+def test_cpu_row_chunks_and_sparse_pairs_change_nothing(setup, monkeypatch):
+    """The CPU step in one-row chunks, embedding only in-radius pairs, equals the one-chunk dense step exactly."""
+    import drivetune.model.behavior as behavior
+
+    scene, tv, model = setup
+    cfg = SamplerConfig(kind="topk", k=8)
+    monkeypatch.setattr(behavior, "CPU_SPARSE_PAIRS", False)
+    monkeypatch.setattr(behavior, "CPU_CHUNK_FLOATS", 2**40)
+    dense = simulate(model, tv, [scene], 3, cfg, base_seed=5)[0]
+    monkeypatch.setattr(behavior, "CPU_SPARSE_PAIRS", True)
+    monkeypatch.setattr(behavior, "CPU_CHUNK_FLOATS", 1)  # one rollout row per chunk
+    monkeypatch.setattr(behavior, "SPARSE_MAX_SHARE", 1.0)  # always the sparse path
+    chunked = simulate(model, tv, [scene], 3, cfg, base_seed=5)[0]
+    assert np.array_equal(dense.tokens, chunked.tokens)
+    assert np.abs(dense.logp - chunked.logp).max() < 1e-6
+    assert np.array_equal(dense.x, chunked.x)

@@ -14,7 +14,9 @@ from drivetune.model.layers import FourierEmbedding, RelAttention, mlp, nearest,
 from drivetune.tokenizer import NUM_AGENT_TYPES, MotionVocab
 from drivetune.tokenizer.map_tokens import NUM_MAP_CATEGORIES, NUM_SIGNAL_CLASSES
 
-
+CPU_CHUNK_FLOATS = 2**21  # an incremental step on CPU runs in row chunks whose pair tensors hold about this many floats
+CPU_SPARSE_PAIRS = True  # on CPU, embed only the neighbour pairs inside the radius ...
+SPARSE_MAX_SHARE = 0.8  # ... when at most this share of them is inside
 
 @dataclass
 class MapContext:
@@ -84,6 +86,7 @@ class BehaviorModel(nn.Module):
         self.register_buffer("token_geometry", geometry.flatten(2), persistent=False)  # [3, V, 20]
         self.register_buffer("token_mask", torch.as_tensor(vocab.token_mask, dtype=torch.bool), persistent=False)
         self.num_tokens = int(poses.shape[1])
+        self._full_vocab = bool(vocab.token_mask.all())  # from numpy: also right when built on the meta device
         # embeddings
         self.token_emb = mlp(self.token_geometry.shape[-1], h, h)
         self.type_emb = nn.Embedding(NUM_AGENT_TYPES, h)
@@ -114,21 +117,26 @@ class BehaviorModel(nn.Module):
 
     def _logits(self, x: torch.Tensor, type_idx: torch.Tensor) -> torch.Tensor:
         logits = self.head(x)
+        if self._full_vocab:  # every type uses every id: nothing to mask
+            return logits
         mask = self.token_mask[type_idx]  # [B, A, V]
         if logits.ndim == 4:
             mask = mask[:, :, None]
-        return logits.masked_fill(~mask, float("-inf"))
+        if torch.is_grad_enabled():
+            return logits.masked_fill(~mask, float("-inf"))
+        return logits.masked_fill_(~mask, float("-inf"))  # inference: the head's fresh output, no copy
 
-    def _map_neighbours(self, ctx: MapContext, scene_index: torch.Tensor, poses: torch.Tensor):
+    def _map_neighbours(self, ctx: MapContext, scene_index: torch.Tensor, poses: torch.Tensor, sparse: bool = False):
         """Nearest map tokens of query poses [B, Q, 3]: flat indices into S*M, relative embeddings, mask. Only the
         grid cell's candidates are measured (exactly the tokens within the radius are among them, see map_grid)."""
         cand, dist = ctx.grid.candidates(scene_index, poses[..., :2])  # [B, Q, C]
-        pick, mask = nearest(dist, self.cfg.map_neighbors, self.cfg.map_radius)  # [B, Q, K]
+        pick, mask = nearest(dist, self.cfg.map_neighbors, self.cfg.map_radius ** 2)  # [B, Q, K] (squared distances)
         idx = torch.gather(cand, 2, pick)  # padding (masked) points at token 0
-        rel = self.rel_map(pose_features(poses[:, :, None], _rows(ctx.poses.flatten(0, 1), idx)))
+        rel = _embed_pairs(self.rel_map, pose_features(poses[:, :, None], _rows(ctx.poses.flatten(0, 1), idx)),
+                           mask if sparse else None)
         return idx, rel, mask
 
-    def _agent_neighbours(self, poses: torch.Tensor, valid: torch.Tensor):
+    def _agent_neighbours(self, poses: torch.Tensor, valid: torch.Tensor, sparse: bool = False):
         """Nearest other valid agents at one time: poses [G, A, 3], valid [G, A] -> idx [G, A, K], rel, mask."""
         a = poses.shape[1]
         dist = torch.cdist(poses[..., :2], poses[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
@@ -136,7 +144,7 @@ class BehaviorModel(nn.Module):
         dist = dist.masked_fill(eye | ~valid[:, None, :], float("inf"))
         idx, mask = nearest(dist, self.cfg.agent_neighbors, self.cfg.agent_radius)
         key = torch.gather(poses[:, None].expand(-1, a, -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
-        return idx, self.rel_agent(pose_features(poses[:, :, None], key)), mask
+        return idx, _embed_pairs(self.rel_agent, pose_features(poses[:, :, None], key), mask if sparse else None), mask
 
     # --------------------------------------------------------------------- map
     def encode_map(self, mb: MapBatch) -> MapContext:
@@ -234,25 +242,45 @@ class BehaviorModel(nn.Module):
             raise ValueError(f"step inputs tokens {tuple(tokens.shape)}, poses {tuple(poses.shape)}, valid "
                              f"{tuple(valid.shape)} do not match the state's [B, A] = {tuple(state.type_idx.shape)}")
         poses = poses.masked_fill(~valid[..., None], 0.0)
-        x = self._embed(tokens, state.type_idx).flatten(0, 1)  # [B*A, H]
-        t_rel = self.rel_time(pose_features(poses[:, :, None], state.poses, state.lags().float())).flatten(0, 1)
-        t_mask = state.valid.flatten(0, 1)
-        m_idx, m_rel, m_mask = self._map_neighbours(state.map_ctx, state.scene_index, poses)
-        m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
-        a_idx, a_rel, a_mask = self._agent_neighbours(poses, valid)
-        a_rel = a_rel.flatten(0, 1)
-        slot = state.num_steps % self.cfg.time_span
-        for layer in range(self.cfg.agent_layers):
-            tb, mblk, ab = self.time_blocks[layer], self.map_agent_blocks[layer], self.agent_blocks[layer]
-            kv_now = tb.project(x)
-            x = tb(x, state.kv[layer].flatten(0, 1), t_rel, t_mask)
-            state.kv[layer, :, :, slot] = kv_now.view(b, a, -1)  # after its use: the new token is not its own key
-            x = mblk(x, _rows(state.map_ctx.kv[layer], m_idx), m_rel, m_mask)
-            x = ab.forward_groups(x.view(b, a, -1), ab.project(x).view(b, a, -1), a_idx, a_rel, a_mask)
+        slot, lags = state.num_steps % self.cfg.time_span, state.lags().float()
+        width = max(2 * self.cfg.hidden, 5 * self.cfg.fourier_bands)  # widest per-pair tensor (keys/values, angles)
+        pairs = a * max(self.cfg.map_neighbors, min(a, self.cfg.agent_neighbors), 1)
+        rows = b if poses.device.type != "cpu" else max(1, CPU_CHUNK_FLOATS // (pairs * width))
+        logits = poses.new_empty(b, a, self.num_tokens)
+        for i in range(0, b, rows):  # rollout rows are independent: chunks keep the pair tensors cache-sized on CPU
+            r = slice(i, i + rows)
+            self._step_rows(state, r, tokens[r], poses[r], valid[r], slot, lags, logits[r])
         state.poses[:, :, slot] = poses
         state.valid[:, :, slot] = valid
         state.num_steps += 1
-        return self._logits(x.view(b, a, -1), state.type_idx)
+        return logits
+
+    def _step_rows(self, state: DecodeState, r: slice, tokens: torch.Tensor, poses: torch.Tensor, valid: torch.Tensor,
+                   slot: int, lags: torch.Tensor, out: torch.Tensor) -> None:
+        """`step` for the state rows `r` (tokens / masked poses / valid of those rows): writes their cache slot and
+        their next-token logits into `out` [b, A, V]."""
+        b, a = tokens.shape
+        type_idx, past_valid = state.type_idx[r], state.valid[r]
+        x = self._embed(tokens, type_idx).flatten(0, 1)  # [b*A, H]
+        t_rel = self.rel_time(pose_features(poses[:, :, None], state.poses[r], lags)).flatten(0, 1)
+        t_mask = past_valid.flatten(0, 1)
+        sparse = CPU_SPARSE_PAIRS and poses.device.type == "cpu"  # (reads the mask on the host: CPU only)
+        m_idx, m_rel, m_mask = self._map_neighbours(state.map_ctx, state.scene_index[r], poses, sparse)
+        m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
+        a_idx, a_rel, a_mask = self._agent_neighbours(poses, valid, sparse)
+        a_rel = a_rel.flatten(0, 1)
+        for layer in range(self.cfg.agent_layers):
+            tb, mblk, ab = self.time_blocks[layer], self.map_agent_blocks[layer], self.agent_blocks[layer]
+            kv_now = tb.project(x)
+            cache = state.kv[layer, r]
+            x = tb(x, cache.flatten(0, 1), t_rel, t_mask)
+            cache[:, :, slot] = kv_now.view(b, a, -1)  # after its use: the new token is not its own key
+            x = mblk(x, _rows(state.map_ctx.kv[layer], m_idx), m_rel, m_mask)
+            x = ab.forward_groups(x.view(b, a, -1), ab.project(x).view(b, a, -1), a_idx, a_rel, a_mask)
+        final = self.head[-1]
+        torch.addmm(final.bias, self.head[:-1](x), final.weight.t(), out=out.view(b * a, -1))  # the head, in place
+        if not self._full_vocab:
+            out.masked_fill_(~self.token_mask[type_idx], float("-inf"))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -262,6 +290,19 @@ def _scene_index(rows: int, scenes: int, device: torch.device) -> torch.Tensor:
     if rows % scenes:
         raise ValueError(f"{rows} agent rows is not a multiple of {scenes} map scenes")
     return torch.arange(scenes, device=device).repeat_interleave(rows // scenes)
+
+
+def _embed_pairs(emb: FourierEmbedding, feats: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """emb(feats) [..., H] for pair features [..., D]; with a pair mask [...] only the masked-in pairs are embedded and
+    the others are 0 (attention gives masked pairs weight 0, so their embedding never counts)."""
+    if mask is None:
+        return emb(feats)
+    on = mask.reshape(-1).nonzero().squeeze(-1)
+    if on.numel() > SPARSE_MAX_SHARE * mask.numel():  # gathering and scattering would cost more than they save
+        return emb(feats)
+    flat = feats.reshape(-1, feats.shape[-1])
+    out = flat.new_zeros(flat.shape[0], emb.bias.shape[0])
+    return out.index_copy_(0, on, emb(flat[on])).view(*feats.shape[:-1], -1)
 
 
 def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,8 @@ MAX_CELLS = 4096  # per scene; a larger map gets larger cells (and longer candid
 class MapGrid:
     """origin [S, 2] (lower-left corner of cell (0, 0)), dims [S, 2] long (cells per axis); per scene and cell (flat
     row s * cells + c) the candidate tokens as flat indices s * M + m in `table` [S * cells, C] long and their
-    positions in `points` [S * cells, C, 2] (padding: index 0 and an infinitely far position, never within any
-    radius); cell side in m."""
+    positions in `points` [S * cells, 2, C] (x row, y row; padding: index 0 and an infinitely far position, never
+    within any radius); cell side in m."""
 
     origin: torch.Tensor
     dims: torch.Tensor
@@ -35,8 +35,8 @@ class MapGrid:
     cell: float
 
     def candidates(self, scene_index: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidate flat map-token indices [B, Q, C] and their distances [B, Q, C] (inf for padding) for points
-        [B, Q, 2] of the scenes `scene_index` [B]. No host synchronisation (device-agnostic)."""
+        """Candidate flat map-token indices [B, Q, C] and their *squared* distances [B, Q, C] (inf for padding) for
+        points [B, Q, 2] of the scenes `scene_index` [B]. No host synchronisation (device-agnostic)."""
         origin = self.origin[scene_index][:, None]
         top = self.dims[scene_index][:, None] - 1
         cell = torch.floor((points - origin) / self.cell).long()
@@ -45,8 +45,10 @@ class MapGrid:
                + cell[..., 0] * (top[..., 1] + 1) + cell[..., 1]).reshape(-1)
         shape = (*points.shape[:2], self.table.shape[1])
         cand = torch.index_select(self.table, 0, row).view(shape)
-        where = torch.index_select(self.points, 0, row).view(*shape, 2)
-        return cand, torch.linalg.vector_norm(where - points[:, :, None], dim=-1)
+        where = torch.index_select(self.points, 0, row).view(shape[0], shape[1], 2, shape[2])
+        dx = where[:, :, 0] - points[..., 0:1]
+        dy = where[:, :, 1] - points[..., 1:2]
+        return cand, dx.mul_(dx).add_(dy.mul_(dy))
 
 
 def build_map_grid(points: torch.Tensor, valid: torch.Tensor, radius: float) -> MapGrid:
@@ -91,4 +93,5 @@ def build_map_grid(points: torch.Tensor, valid: torch.Tensor, radius: float) -> 
     pad = table < 0
     flat = (table + torch.arange(s, device=dev)[:, None, None] * m).masked_fill(pad, 0)
     where = points.flatten(0, 1)[flat].masked_fill(pad[..., None], float("inf"))
-    return MapGrid(origin=lo, dims=dims, table=flat.flatten(0, 1), points=where.flatten(0, 1), cell=cell)
+    planes = where.flatten(0, 1).transpose(1, 2).contiguous()  # [S * cells, 2, C]
+    return MapGrid(origin=lo, dims=dims, table=flat.flatten(0, 1), points=planes, cell=cell)

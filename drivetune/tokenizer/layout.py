@@ -52,9 +52,8 @@ def box_corners(pose: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     """Corners [..., 4, 2] of boxes (length, width) [..., 2] at poses [..., 3]: front-left, front-right, rear-right,
     rear-left."""
     half_l, half_w = box[..., 0:1] / 2, box[..., 1:2] / 2
-    sx = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=pose.dtype, device=pose.device)
-    sy = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=pose.dtype, device=pose.device)
-    lx, ly = half_l * sx, half_w * sy  # [..., 4]
+    lx = torch.cat([half_l, half_l, -half_l, -half_l], -1)  # [..., 4] (no constant tensor: no host -> device copy)
+    ly = torch.cat([half_w, -half_w, -half_w, half_w], -1)
     c, s = torch.cos(pose[..., 2:3]), torch.sin(pose[..., 2:3])
     x = pose[..., 0:1] + c * lx - s * ly
     y = pose[..., 1:2] + s * lx + c * ly

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,18 +173,26 @@ def nearest_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k tokens whose end box, placed at `start_pose`, is nearest to the box at `target_pose` (type's fixed shape,
     mean corner distance). Returns (ids int64 [..., k], distances [..., k]) in ascending distance; padding ids come
-    only with distance inf (k above the type's size). Work is chunked by `chunk` rows to bound memory."""
+    only with distance inf (k above the type's size). Work is chunked by `chunk` rows to bound memory. On CPU the
+    type ids are checked and a pruned search runs per type; on other devices every row is measured against its whole
+    vocabulary (the same exact result, with no host synchronisation)."""
     target_pose = torch.as_tensor(target_pose, dtype=tv.poses.dtype, device=tv.device)
     shape, t, start = _broadcast(tv, type_idx, start_pose, target_pose)
     if not 1 <= k <= tv.num_tokens:
         raise ValueError(f"k={k} outside [1, {tv.num_tokens}]")
     target = target_pose.expand(*shape, 3).reshape(-1, 3)
     t, start = t.reshape(-1), start.reshape(-1, 3)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= tv.poses.shape[0]):
+    if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= tv.poses.shape[0]):
         raise ValueError(f"type_idx values must be in [0, {tv.poses.shape[0]}), got {t.min().item()}..{t.max().item()}")
     goal = box_corners(relative(start, target), tv.boxes[t])  # [n, 4, 2] target box in the start frame
     ids = torch.zeros(t.shape[0], k, dtype=torch.long, device=tv.device)
     dists = torch.zeros(t.shape[0], k, dtype=tv.poses.dtype, device=tv.device)
+    if tv.device.type != "cpu":
+        for lo in range(0, t.shape[0], chunk):
+            r = slice(lo, lo + chunk)
+            d = mean_corner_distance(tv.end_corners[t[r]], goal[r, None]).masked_fill_(~tv.token_mask[t[r]], math.inf)
+            dists[r], ids[r] = torch.topk(d, k, dim=-1, largest=False, sorted=True)
+        return ids.reshape(*shape, k), dists.reshape(*shape, k)
     for kind in range(tv.poses.shape[0]):
         rows = torch.nonzero(t == kind).flatten()
         for lo in range(0, rows.shape[0], chunk):
