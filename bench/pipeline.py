@@ -86,7 +86,7 @@ def main() -> None:
     rows = json.loads(rows_file.read_text()) if rows_file.exists() else []  # a rerun continues where it stopped
     grid = json.loads(grid_file.read_text()) if grid_file.exists() else {}
     sampler = SamplerConfig(kind="topk", k=16)
-    cache, t0 = {}, time.perf_counter()
+    cache, t0, earlier = {}, time.perf_counter(), sum(r.get("seconds", 0.0) for r in rows)  # rows of earlier runs
     order = [r for r in TRAIN_ORDER if r in args.recipes]
     if not args.render_only:
         with ray_session(num_cpus=2, log_to_driver=False):
@@ -114,7 +114,7 @@ def main() -> None:
                 grid[name] = [[s.k, s.warm_lambda, evaluate_policy(model, None, scenes, args.rollouts, s, seed=1234)["mean"]]
                               for s in parse_sampler_grid(args.grid, grid_sampler)]
                 write_text(grid_file, json.dumps(grid, indent=1, default=float))
-    report = render(rows, grid, sets, args, sum(r.get("seconds", 0.0) for r in rows) + time.perf_counter() - t0)
+    report = render(rows, grid, sets, args, earlier + time.perf_counter() - t0)
     print(report)
     if args.doc:
         write_text(Path(args.doc), report)
@@ -126,22 +126,24 @@ def write_text(path: Path, text: str) -> None:
 
 def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds: float) -> str:
     lines = ["# Results: post-training recipes against BC", "",
-             "Made by `python bench/pipeline.py " + " ".join(sys.argv[1:]) + f"` ({seconds / 60:.0f} min on the "
+             "Made by `python bench/pipeline.py " + " ".join(a for a in sys.argv[1:] if a != "--render-only") +
+             f"` ({seconds / 60:.0f} min on the "
              "shared 2-core CPU machine). SMART-R1 Table-3-style ablation on drivetune's synthetic world: every recipe "
              f"starts from the same BC checkpoint; SFT stages {args.sft_iters} iterations of CAT-K closed-loop SFT, "
              f"RL stages {args.rl_iters} iterations (configs/sft_catk_micro.yaml, rft_mpo_micro.yaml, "
              f"rft_grbo_micro.yaml). Scores: WOSAC 2025 realism, {args.rollouts} top-16 rollouts per scene, the same "
              f"seeds for every checkpoint; mean ± std over training seeds {args.seeds}.", ""]
     for set_name, scenes in sets.items():
-        lines += [f"## {set_name} ({len(scenes)} scenes)", "", "| recipe | " + " | ".join(FIELDS) + " |",
-                  "|---" * (len(FIELDS) + 1) + "|"]
+        lines += [f"## {set_name} ({len(scenes)} scenes)", "", "| recipe | " + " | ".join(FIELDS) + " | meta per seed |",
+                  "|---" * (len(FIELDS) + 2) + "|"]
         for name in [n for n in RECIPES if any(r["recipe"] == n for r in rows)]:
             vals = [r[set_name] for r in rows if r["recipe"] == name]
             cells = []
             for key in FIELDS.values():
                 v = np.array([x[key] for x in vals])
-                cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if np.ptp(v) > 0 else f"{v.mean():.3f}")
+            per_seed = " / ".join(f"{x['metametric']:.3f}" for x in vals) if name != "BC" else "one checkpoint"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {per_seed} |")
         lines.append("")
     lines += [f"## Warm-K test-time scaling ({args.grid_scenes} held-out synthetic scenes, training seed "
               f"{args.seeds[0]}, no retraining)", "",
