@@ -18,6 +18,7 @@ class LineProgress:
         self.n = 0
         self._t0 = self._last = time.monotonic()
         self._closed = False
+        self._shown = -1  # the count of the last line written
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -27,6 +28,7 @@ class LineProgress:
             self._line(now)
 
     def _line(self, now: float) -> None:
+        self._shown = self.n
         dt = max(now - self._t0, 1e-9)
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100.0 * self.n / self.total:.0f}%)" if self.total else ""
@@ -36,7 +38,8 @@ class LineProgress:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._line(time.monotonic())
+            if self._shown != self.n:  # the last update's line already says where it ended
+                self._line(time.monotonic())
 
     def __enter__(self) -> "LineProgress":
         return self

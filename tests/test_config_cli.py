@@ -85,3 +85,24 @@ def test_top_level_help_lists_commands():
     bad = subprocess.run([sys.executable, "-m", "drivetune.cli", "frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage: drivetune" in bad.stderr
     assert "unknown command 'frobnicate'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_progress_lines_in_a_log_end_once():
+    """In a log (no terminal), a progress line every `every_s` and one at the end, not repeated when the last update
+    already wrote it."""
+    import io
+
+    from drivetune.progress import progress
+
+    out = io.StringIO()
+    bar = progress(4, "sft", unit="iter", file=out, every_s=0.0)
+    for _ in range(4):
+        bar.update(1)
+    bar.close()
+    assert [line.split(" ", 1)[1].split(",")[0] for line in out.getvalue().splitlines()] == [
+        f"sft: {i}/4 iters ({25 * i}%)" for i in range(1, 5)]
+    quiet = io.StringIO()
+    bar = progress(4, "sft", unit="iter", file=quiet, every_s=3600.0)
+    bar.update(3)
+    bar.close()
+    assert len(quiet.getvalue().splitlines()) == 1 and "3/4 iters" in quiet.getvalue()
