@@ -5,7 +5,10 @@ Rollouts: R=32 top-K rollouts of a real WOMD scene (default: the 50-agent `637f2
 (so its peak RSS is its own) and reports wall and CPU (process) time, median of `--repeats` after a warm-up:
   - new: `drivetune.closed_loop.simulate` with the current `BehaviorModel`;
   - old: the same call through `tests/reference_engine.ReferenceEngine`, the decoder before the issue-15 work
-    (cc90b4e arithmetic on the same weights): "today's engine";
+    (cc90b4e arithmetic on the same weights) run through today's engine loop, sampler and tokenizer (conservative);
+  - before: the whole engine of the commit before the issue-15 work (`--before-rev`, default 95aee05: its own
+    decoder, engine loop, sampler and tokenizer), extracted with `git archive` and run on the same weights (checked
+    by a fingerprint); skipped where git or that commit is unavailable;
   - recompute (fair no-cache baseline, issue 13 item 5): all R rollouts batched, every step runs the full model over
     the map and the whole context so far (`model(map, agents)`, no cache), same sampler and random numbers.
 With `--cuda`, new and old also run on the CUDA device (wall time, peak `torch.cuda.max_memory_allocated`); their
@@ -20,11 +23,13 @@ vs the standard baseline, one `ray.put` of the numpy dict and its ObjectRef pass
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/rollouts.py [--sizes micro tiny] [--threads 1 2] [--repeats 2]
         [--recompute-sizes micro] [--scene PATH] [--skip-broadcast] [--cuda] [--json PATH] [--no-profile]
+        [--before-rev REV | --before-rev '']
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -40,7 +45,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+CODE = os.environ.get("DRIVETUNE_BENCH_CODE", str(ROOT))  # the drivetune tree to time ("before": an older commit's)
+sys.path[:0] = [CODE, str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -118,6 +124,27 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the parameter names and values (new and before must time the same weights)."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def extract_tree(rev: str, dest: Path) -> Path | None:
+    """The repository at `rev` as a plain directory (git archive), or None without git / that commit."""
+    try:
+        blob = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "drivetune"],
+                              capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=blob, check=True)
+    return dest
+
+
 def run_one(args) -> dict:
     """Subprocess body: time one engine; save its tokens to args.tokens_out; return the figures."""
     torch.set_num_threads(args.threads)
@@ -150,7 +177,8 @@ def run_one(args) -> dict:
         cpus.append(time.process_time() - c0)
     np.save(args.tokens_out, tokens)
     res = dict(wall=statistics.median(walls), cpu=statistics.median(cpus), rss_mb=_rss_mb(),
-               params=model.num_parameters(), agents=int(tokens.shape[1]),
+               params=model.num_parameters(), agents=int(tokens.shape[1]), weights=fingerprint(model),
+               code=str(Path(sys.modules["drivetune"].__file__).parent),
                cuda_peak_mb=torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -165,17 +193,20 @@ def run_one(args) -> dict:
 
 
 def spawn(run: str, size: str, threads: int, args, tmp: Path, profile: bool, device: str = "cpu") -> dict:
+    """Time engine `run` (new / old / recompute / before) in its own subprocess."""
     out = tmp / f"{run}_{size}_{threads}_{device}.npy"
-    cmd = [sys.executable, __file__, "--run", run, "--size", size, "--threads", str(threads), "--scene", str(args.scene),
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if run == "before":  # the older tree's own simulate() with today's model weights
+        env["DRIVETUNE_BENCH_CODE"] = str(args.before_tree)
+    cmd = [sys.executable, __file__, "--run", "new" if run == "before" else run, "--size", size, "--threads", str(threads), "--scene", str(args.scene),
            "--rollouts", str(args.rollouts), "--repeats", str(args.repeats), "--tokens-out", str(out),
            "--device", device]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["tokens"] = np.load(out)
     peak = f"cuda peak {res['cuda_peak_mb']:.0f} MB" if res["cuda_peak_mb"] else f"peak RSS {res['rss_mb']:.0f} MB"
     print(f"  ... {run} {size} {threads} thread(s) {device}: wall {res['wall']:.2f} s, cpu {res['cpu']:.2f} s, "
-          f"{res['agents']} agents, {peak}", flush=True)  # progress (kept in the log if a time limit cuts the run)
+          f"{res['agents']} agents, {peak}, code {res['code']}", flush=True)  # progress (kept in the log if a time limit cuts the run)
     return res
 
 
@@ -225,6 +256,8 @@ def main() -> int:
     ap.add_argument("--cuda", action="store_true", help="also run new and old on the CUDA device (once per size)")
     ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
     ap.add_argument("--no-profile", action="store_true", help="skip the torch-profiler pass (matmul share)")
+    ap.add_argument("--before-rev", default="95aee05",
+                    help="commit whose whole engine is the 'before' baseline ('' to skip)")
     ap.add_argument("--run", choices=["new", "old", "recompute"], help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
     ap.add_argument("--tokens-out", help=argparse.SUPPRESS)
@@ -239,10 +272,14 @@ def main() -> int:
         print("CUDA not available: the cuda runs are skipped")
         args.cuda = False
     with tempfile.TemporaryDirectory(prefix="dtrb_") as tmp:
+        args.before_tree = extract_tree(args.before_rev, Path(tmp) / "before") if args.before_rev else None
+        if args.before_rev and args.before_tree is None:
+            print(f"no git or no commit {args.before_rev}: the 'before' (whole pre-change engine) runs are skipped")
         print(f"scene {args.scene.name}, {args.rollouts} rollouts, top-K 32; wall / CPU s (median of {args.repeats}); "
-              f"load average {os.getloadavg()[0]:.1f}")
+              f"load average {os.getloadavg()[0]:.1f}; before = {args.before_rev or '-'}")
         print(f"{'size':<6} {'thr':>3} {'engine':<10} {'wall s':>7} {'cpu s':>7} {'agent-steps/s (cpu)':>19} "
-              f"{'(wall)':>9} {'peak MB':>8} {'x vs old':>9} {'matmul %':>8} rollouts with new's tokens")
+              f"{'(wall)':>9} {'peak MB':>8} {'x vs old':>9} {'x vs before':>11} {'matmul %':>8} "
+              f"rollouts with new's tokens")
         profiles, figures = [], []
         for size in args.sizes:
             table: dict[tuple[str, int], dict] = {}
@@ -250,22 +287,31 @@ def main() -> int:
                 table.update({(f"{r}-cuda", args.threads[0]): spawn(r, size, args.threads[0], args, Path(tmp), False,
                                                                     "cuda") for r in ("new", "old")})
             for threads in args.threads:
-                runs = ["new", "old"] + (["recompute"] if size in args.recompute_sizes and threads == 1 else [])
+                runs = (["new", "old"] + (["before"] if args.before_tree else [])
+                        + (["recompute"] if size in args.recompute_sizes and threads == 1 else []))
                 table.update({(r, threads): spawn(r, size, threads, args, Path(tmp), profile=not args.no_profile
-                                                  and threads == 1 and r != "recompute") for r in runs})
+                                                  and threads == 1 and r in ("new", "old")) for r in runs})
+                before = table.get(("before", threads))
+                if before and before["weights"] != table[("new", threads)]["weights"]:
+                    raise SystemExit(f"'before' ({args.before_rev}) built other weights than today's model: "
+                                     "its ratio would compare different networks")
             for (r, threads), x in table.items():
                 gpu = r.endswith("-cuda")
                 old = table[("old-cuda" if gpu else "old", threads)]
                 steps = args.rollouts * x["agents"] * NUM_FUTURE_TOKENS
                 share = f"{100 * x['matmul_share']:.0f}" if "matmul_share" in x else "-"
                 ratio = old["wall"] / x["wall"] if gpu else old["cpu"] / x["cpu"]  # GPU: wall; CPU: CPU seconds
+                before = table.get(("before", threads))
+                vs_before = before["cpu"] / x["cpu"] if before and not gpu else None
                 ref = table.get(("new", args.threads[0]), x)["tokens"]
                 same = int((x["tokens"] == ref).all(axis=(1, 2)).sum())
                 peak = x["cuda_peak_mb"] if gpu else x["rss_mb"]
                 print(f"{size:<6} {threads:>3} {r:<10} {x['wall']:>7.2f} {x['cpu']:>7.2f} {steps / x['cpu']:>19,.0f} "
-                      f"{steps / x['wall']:>9,.0f} {peak:>8.0f} {ratio:>8.2f}x {share:>8} {same}/{args.rollouts}",
+                      f"{steps / x['wall']:>9,.0f} {peak:>8.0f} {ratio:>8.2f}x "
+                      f"{'-' if vs_before is None else f'{vs_before:.2f}x':>11} {share:>8} {same}/{args.rollouts}",
                       flush=True)
                 figures.append(dict(size=size, threads=threads, engine=r, agent_steps=steps, ratio_vs_old=ratio,
+                                    ratio_vs_before=vs_before,
                                     same_tokens_as_new_cpu=same, **{k: v for k, v in x.items()
                                                                     if k not in ("tokens", "profile")}))
                 if "profile" in x and r == "new":

@@ -140,5 +140,5 @@ def sample(cfg: SamplerConfig, inp: StepInputs) -> SampleResult:
     else:
         raise ValueError(f"sampler kind {cfg.kind!r} unknown (choose from {', '.join(SAMPLERS)})")
     token = top_ids.gather(-1, col.unsqueeze(-1)).squeeze(-1)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+    logp = logits.gather(-1, token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # no [N, V] output
     return SampleResult(token=token, logp=logp, sampler_logp=sampler_logp, topk=top_ids, sft_target=target)

@@ -16,7 +16,13 @@ from torch import nn
 
 from drivetune.model import BehaviorModel
 from drivetune.model.batch import AgentBatch, MapBatch
-from drivetune.model.layers import FourierEmbedding, RelAttention, nearest, pose_features
+from drivetune.model.layers import FourierEmbedding, RelAttention, pose_features
+
+
+def nearest(dist: torch.Tensor, k: int, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest entries of `dist` [..., N] by topk, nearest first, and their mask (< radius)."""
+    d, idx = torch.topk(dist, min(k, dist.shape[-1]), dim=-1, largest=False, sorted=True)
+    return idx, d < radius
 
 
 def _fourier(emb: FourierEmbedding, x: torch.Tensor) -> torch.Tensor:
