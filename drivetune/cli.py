@@ -91,6 +91,15 @@ def _top_help() -> str:
     return "\n".join(lines)
 
 
+def _group_help(group: str) -> str:
+    """Usage of a command group ("train", "vocab"): its subcommands."""
+    subs = [(name.split(" ", 1)[1], help_) for name, (_, help_) in COMMANDS.items() if name.startswith(f"{group} ")]
+    lines = [f"usage: drivetune {group} SUBCOMMAND [options]", "", "subcommands:"]
+    lines += [f"  {sub:<16} {help_}" for sub, help_ in subs]
+    lines += ["", f"`drivetune {group} SUBCOMMAND --help` shows its options."]
+    return "\n".join(lines)
+
+
 def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
     for width in (2, 1):
         name = " ".join(argv[:width])
@@ -137,6 +146,14 @@ def _dispatch(argv: list[str]) -> int:
         print(f"drivetune {version()}")
         return 0
     found = _resolve(argv)
+    groups = {name.split()[0] for name in COMMANDS if " " in name}
+    if found is None and argv[0] in groups and (len(argv) == 1 or argv[1].startswith("-")):
+        if argv[1:2] in (["-h"], ["--help"]):
+            print(_group_help(argv[0]))
+            return 0
+        print(_group_help(argv[0]), file=sys.stderr)
+        print(f"drivetune {argv[0]}: error: a subcommand is needed", file=sys.stderr)
+        return 2
     if found is None:
         print(_top_help(), file=sys.stderr)
         print(_unknown(argv), file=sys.stderr)

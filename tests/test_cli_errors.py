@@ -218,6 +218,11 @@ def test_unknown_command_and_version():
     assert bad.returncode == 2 and "drivetune: error: unknown command 'bogus'" in bad.stderr
     near = _cli("simulat")
     assert near.returncode == 2 and "did you mean 'simulate'" in near.stderr
+    group = _cli("train", "--help")  # a command group lists its subcommands
+    assert group.returncode == 0 and all(f"  {sub} " in group.stdout for sub in ("pretrain", "sft", "rft", "pipeline"))
+    bare = _cli("vocab")
+    assert bare.returncode == 2 and "  build " in bare.stderr and "drivetune vocab: error: a subcommand" in bare.stderr
+    assert "did you mean 'train rft'" in _cli("train", "rtf").stderr
     version = _cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("drivetune ")
 

@@ -98,6 +98,24 @@ def test_map_grid_finds_exactly_the_brute_force_neighbours():
     assert grid.table.shape[1] < m / 3  # and the candidate lists are much shorter than the map
 
 
+def test_short_neighbour_rows_by_sort_equal_topk():
+    gen = torch.Generator().manual_seed(3)
+    dist = torch.rand(40, 50, 64, generator=gen) * 100
+    dist[torch.rand(dist.shape, generator=gen) < 0.2] = float("inf")  # excluded (self, invalid, padding)
+    dist[:, :, 10] = dist[:, :, 3]  # equal distances: the sort keeps index order
+    for n in (50, 64):  # both short: the stable sort path
+        row = dist[..., :n]
+        idx, mask = nearest(row, 32, 60.0)
+        want_d, want_i = torch.topk(row, 32, dim=-1, largest=False, sorted=True)
+        assert torch.equal(torch.gather(row, -1, idx), want_d)  # the same distances, nearest first
+        assert torch.equal(mask, want_d < 60.0)
+        finite = torch.isfinite(want_d) & (want_d != row[..., 3:4])  # away from ties, the same indices
+        assert torch.equal(idx[finite], want_i[finite])
+        tie = (idx == 3).float().argmax(-1) < (idx == 10).float().argmax(-1)
+        assert tie[(idx == 3).any(-1) & (idx == 10).any(-1)].all()
+    assert nearest(dist[:, :, :3], 32, 60.0)[0].shape == (40, 50, 3)  # fewer entries than k
+
+
 def test_ring_buffer_state_reports_last_pose(setup):
     scene, tv, model = setup
     from drivetune.model import AgentBatch, collate
