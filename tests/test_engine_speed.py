@@ -133,16 +133,19 @@ def test_ring_buffer_state_reports_last_pose(setup):
 
 
 def test_cpu_row_chunks_and_sparse_pairs_change_nothing(setup, monkeypatch):
-    """The CPU step in one-row chunks, embedding only in-radius pairs, equals the one-chunk dense step exactly."""
+    """The CPU step in one-row chunks, embedding only in-radius pairs in blocks, equals the one-chunk dense step."""
     import drivetune.model.behavior as behavior
+    import drivetune.model.layers as layers
 
     scene, tv, model = setup
     cfg = SamplerConfig(kind="topk", k=8)
     monkeypatch.setattr(behavior, "CPU_SPARSE_PAIRS", False)
     monkeypatch.setattr(behavior, "CPU_CHUNK_FLOATS", 2**40)
+    monkeypatch.setattr(layers, "CPU_BLOCK_FLOATS", 2**40)
     dense = simulate(model, tv, [scene], 3, cfg, base_seed=5)[0]
     monkeypatch.setattr(behavior, "CPU_SPARSE_PAIRS", True)
     monkeypatch.setattr(behavior, "CPU_CHUNK_FLOATS", 1)  # one rollout row per chunk
+    monkeypatch.setattr(layers, "CPU_BLOCK_FLOATS", 5 * 16 * 100)  # Fourier features in blocks of 100 pairs
     monkeypatch.setattr(behavior, "SPARSE_MAX_SHARE", 1.0)  # always the sparse path
     chunked = simulate(model, tv, [scene], 3, cfg, base_seed=5)[0]
     assert np.array_equal(dense.tokens, chunked.tokens)
