@@ -198,15 +198,16 @@ def spawn(run: str, size: str, threads: int, args, tmp: Path, profile: bool, dev
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if run == "before":  # the older tree's own simulate() with today's model weights
         env["DRIVETUNE_BENCH_CODE"] = str(args.before_tree)
-    cmd = [sys.executable, __file__, "--run", "new" if run == "before" else run, "--size", size, "--threads", str(threads), "--scene", str(args.scene),
-           "--rollouts", str(args.rollouts), "--repeats", str(args.repeats), "--tokens-out", str(out),
-           "--device", device]
+    cmd = [sys.executable, __file__, "--run", "new" if run == "before" else run, "--size", size,
+           "--threads", str(threads), "--scene", str(args.scene), "--rollouts", str(args.rollouts),
+           "--repeats", str(args.repeats), "--tokens-out", str(out), "--device", device]
     proc = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["tokens"] = np.load(out)
     peak = f"cuda peak {res['cuda_peak_mb']:.0f} MB" if res["cuda_peak_mb"] else f"peak RSS {res['rss_mb']:.0f} MB"
+    # progress: kept in the log if a time limit cuts the run
     print(f"  ... {run} {size} {threads} thread(s) {device}: wall {res['wall']:.2f} s, cpu {res['cpu']:.2f} s, "
-          f"{res['agents']} agents, {peak}, code {res['code']}", flush=True)  # progress (kept in the log if a time limit cuts the run)
+          f"{res['agents']} agents, {peak}, code {res['code']}", flush=True)
     return res
 
 

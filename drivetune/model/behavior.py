@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -246,7 +247,8 @@ class BehaviorModel(nn.Module):
         width = max(2 * self.cfg.hidden, 5 * self.cfg.fourier_bands)  # widest per-pair tensor (keys/values, angles)
         pairs = a * max(self.cfg.map_neighbors, min(a, self.cfg.agent_neighbors), 1)
         rows = b if poses.device.type != "cpu" else max(1, CPU_CHUNK_FLOATS // (pairs * width))
-        rows = -(-b // -(-b // rows))  # the same number of chunks, evenly sized
+        chunks = math.ceil(b / rows)
+        rows = math.ceil(b / chunks)  # the same number of chunks, evenly sized (32 rows: 11/11/10, not 13/13/6)
         logits = poses.new_empty(b, a, self.num_tokens)
         for i in range(0, b, rows):  # rollout rows are independent: chunks keep the pair tensors cache-sized on CPU
             r = slice(i, i + rows)
