@@ -13,6 +13,7 @@ import logging
 import math
 import resource
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,7 +45,7 @@ def token_noise(agents: AgentBatch, tv: TorchVocab, k: int, prob: float, gen: to
     swap &= agents.valid[:, :, :-1]
     tokens = agents.tokens.clone()
     tokens[:, :, 1:] = torch.where(swap, noisy, tokens[:, :, 1:])
-    return AgentBatch(tokens, agents.poses, agents.valid, agents.type_idx)
+    return replace(agents, tokens=tokens)
 
 
 def min_ade(rollouts: SceneRollouts, scene: Scene) -> tuple[float, int]:
@@ -144,9 +145,10 @@ def train_loop(config: dict[str, Any]) -> None:
     run = RunDirectory(cfg.run_dir)
     step, latest = 0, run.latest() if cfg.resume else None
     if latest is not None:
-        from drivetune.checkpoint import load_weights, read_meta
+        from drivetune.checkpoint import check_model_version, load_weights, read_meta
 
         meta = read_meta(latest)
+        check_model_version(latest, meta)
         if meta["vocab_hash"] != vocab.hash or meta["model_config"] != to_dict(model.cfg):
             raise ValueError(f"{latest}: vocabulary or model config differs from this run's; use a new run_dir "
                              "(or resume=false)")

@@ -1,7 +1,8 @@
 """Checkpoint format: a directory with `model.safetensors` (weights), `vocab.safetensors` (the motion vocabulary the
-model was built with) and `meta.json` (format, model config, vocab hash, weights sha256, step, metrics, parent,
-free-form extras). Loading checks the vocabulary's hash and the weights file's sha256 against the meta, so a damaged
-file is an error naming it, never a silently different model.
+model was built with) and `meta.json` (format, model-definition version, model config, vocab hash, weights sha256,
+step, metrics, parent, free-form extras). Loading checks the model-definition version (a checkpoint of another
+definition is refused, `CheckpointVersionError`), the vocabulary's hash and the weights file's sha256 against the
+meta, so a damaged or outdated file is an error naming it, never a silently different model.
 
 Written atomically: everything goes to a temporary sibling directory that is renamed into place. Weights travel
 between processes as a dict of numpy arrays (`state_dict_to_numpy` / `load_numpy_state_dict`), which Ray's object
@@ -40,6 +41,10 @@ STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 class CheckpointError(ValueError):
     """A checkpoint directory that is missing files, malformed, or does not fit its model."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """A checkpoint of another model definition (`model_version` in its meta; absent = 1)."""
 
 
 def state_dict_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -83,6 +88,7 @@ def save_checkpoint(
     meta = dict(meta or {})
     full = {
         "format": FORMAT,
+        "model_version": model.VERSION,
         "model_config": to_dict(model.cfg),
         "vocab_hash": model.vocab_hash,
         "step": int(meta.pop("step", 0)),
@@ -129,23 +135,40 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_model_spec(directory: str | os.PathLike) -> tuple[ModelConfig, MotionVocab, dict]:
-    """(model config, vocabulary checked against its recorded hash, metadata) of a checkpoint, without weights."""
+    """(model config, vocabulary checked against its recorded hash, metadata) of a checkpoint, without weights.
+    Raises CheckpointVersionError for a checkpoint of another model definition."""
     from drivetune.model import ModelConfig
     from drivetune.tokenizer import MotionVocab
 
     directory = Path(directory)
     meta = read_meta(directory)
+    check_model_version(directory, meta)
     vocab = MotionVocab.load(directory / VOCAB)
     if vocab.hash != meta["vocab_hash"]:
         raise CheckpointError(f"{directory}: vocabulary hash {vocab.hash[:12]} != recorded {meta['vocab_hash'][:12]}")
     return from_dict(ModelConfig, meta["model_config"], where=f"{directory}/{META}"), vocab, meta
 
 
+def check_model_version(directory: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """Raise CheckpointVersionError, naming both versions and what to do, if the checkpoint's model definition is not
+    the one this drivetune runs."""
+    from drivetune.model.config import MODEL_VERSION
+
+    version = meta.get("model_version", 1)
+    if version != MODEL_VERSION:
+        raise CheckpointVersionError(
+            f"{directory}: checkpoint of model definition v{version}, but this drivetune runs v{MODEL_VERSION} "
+            f"(v2 is SMART's: attention normalised over keys, layer norms, agent size), so its weights cannot be "
+            f"used. Train a new one (`drivetune train pretrain`), or post-train the shipped base (`make base`)")
+
+
 def read_weights(directory: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """A checkpoint's weights as numpy arrays, after checking the file's sha256 against the meta's
-    `weights_sha256` (`meta` read from the directory when not given); CheckpointError naming the file otherwise."""
+    """A checkpoint's weights as numpy arrays, after checking its model version and the file's sha256 against the
+    meta's `weights_sha256` (`meta` read from the directory when not given); CheckpointError naming the file
+    otherwise."""
     directory = Path(directory)
     meta = read_meta(directory) if meta is None else meta
+    check_model_version(directory, meta)
     path = directory / WEIGHTS
     try:
         payload = path.read_bytes()

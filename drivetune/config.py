@@ -24,6 +24,7 @@ FIELD_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "lr": (0.0, math.inf, False, False),
     "weight_decay": (0.0, math.inf, True, False),
     "dropout": (0.0, 1.0, True, False),
+    "hist_drop": (0.0, 1.0, True, False),
     "grad_clip": (0.0, math.inf, False, False),
     "label_smoothing": (0.0, 1.0, True, False),
     "min_lr_ratio": (0.0, 1.0, True, True),

@@ -28,7 +28,7 @@ import torch
 from drivetune.model import BehaviorModel, DecodeState, MapContext, agent_batch, map_batch
 from drivetune.model.map_grid import build_map_grid
 from drivetune.samplers import SamplerConfig, StepInputs, sample
-from drivetune.scene import HEADING, VX, VY, X, Y, Z, Scene
+from drivetune.scene import VX, VY, X, Y, Z, Scene
 from drivetune.tokenizer import TOKEN_STEPS, TorchVocab, nearest_tokens, token_step_poses, tokenize_map, tokenize_scene
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY, NUM_BOUNDARIES, type_index
 from drivetune.tokenizer.matching import boundary_poses
@@ -189,11 +189,12 @@ def _pad(x: torch.Tensor, a_pad: int, dim: int, fill=0) -> torch.Tensor:
 
 
 def _session_rows(scene: Scene, agents: np.ndarray, external: np.ndarray, dtype: torch.dtype) -> dict:
-    """Per-agent start state of one session (one row): start pose, the pose 0.5 s earlier, log targets."""
+    """Per-agent start state of one session (one row): start pose (logged position, heading cleaned of sensor flips
+    as in tokenization), the pose 0.5 s earlier, log targets."""
     cur, A, st = scene.current_time_index, len(agents), scene.states[agents]
     poses, avail = boundary_poses(scene)
     poses, avail = poses[agents], avail[agents]
-    pose = np.stack([st[:, cur, X], st[:, cur, Y], st[:, cur, HEADING]], -1)
+    pose = np.stack([st[:, cur, X], st[:, cur, Y], poses[:, CURRENT_BOUNDARY, 2]], -1)
     # Pose one token earlier: the logged boundary if known, else constant velocity backwards.
     back = pose - np.stack([st[:, cur, VX], st[:, cur, VY], np.zeros(A)], -1) * (TOKEN_STEPS * 0.1)
     prev = np.where(avail[:, CURRENT_BOUNDARY - 1, None], poses[:, CURRENT_BOUNDARY - 1], back)
@@ -283,7 +284,7 @@ class Engine:
             return first
         a_pad = max(s.num_agents for s in sessions)
         steps = max(s._block.state.num_steps for s in sessions)
-        kv, poses, valid, types, scene_index, data = [], [], [], [], [], {}
+        kv, poses, valid, types, sizes, scene_index, data = [], [], [], [], [], [], {}
         for s in sessions:
             st, rows, A = s._block.state, s.rows(), s.num_agents
             # Ring caches: token i sits in slot i % W. Sessions that stepped fewer times are rotated so that every
@@ -293,6 +294,7 @@ class Engine:
             poses.append(_pad(st.poses[rows, :A].roll(shift, 2), a_pad, 1))
             valid.append(_pad(st.valid[rows, :A].roll(shift, 2), a_pad, 1))
             types.append(_pad(st.type_idx[rows, :A], a_pad, 1))
+            sizes.append(_pad(st.size[rows, :A], a_pad, 1))
             scene_index.append(st.scene_index[rows])
         keys = set().union(*(s._block.data for s in sessions))
         for k in keys:  # a key some batches lack (e.g. topk) is zero for their sessions; topk widths are padded
@@ -305,7 +307,7 @@ class Engine:
                     v = _pad(v, width[0], 2)
                 data.setdefault(k, []).append(_pad(v[s.rows(), :s.num_agents], a_pad, 1, _FILL.get(k, 0)))
         state = DecodeState(map_ctx=self._maps.ctx, scene_index=torch.cat(scene_index), type_idx=torch.cat(types),
-                            kv=torch.cat(kv, 1), poses=torch.cat(poses), valid=torch.cat(valid),
+                            size=torch.cat(sizes), kv=torch.cat(kv, 1), poses=torch.cat(poses), valid=torch.cat(valid),
                             num_steps=steps)
         merged = {k: torch.cat(v) for k, v in data.items()}
         block = _Block(list(sessions), state, merged, any(bool(s.external.any()) for s in sessions))

@@ -1,4 +1,5 @@
-"""Issue 15 rollout engine: same tokens / log-probs as the pre-change engine, exact map grid, same layer maths."""
+"""Rollout engine: the same tokens / log-probs as a full recomputation, an exact map grid, folded layer maths equal to
+the per-pair arithmetic."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model_helpers import grid_vocab  # noqa: E402
-from reference_engine import ReferenceEngine, _attend, _fourier  # noqa: E402
+from reference_engine import RecomputeEngine, naive_attention, naive_fourier  # noqa: E402
 
 from drivetune.closed_loop import simulate  # noqa: E402
 from drivetune.model import BehaviorModel, ModelConfig  # noqa: E402
-from drivetune.model.layers import FourierEmbedding, RelAttention, nearest  # noqa: E402
+from drivetune.model.layers import FourierEmbedding, RelAttention, nearest, normalize_pairs  # noqa: E402
 from drivetune.model.map_grid import build_map_grid  # noqa: E402
 from drivetune.samplers import SamplerConfig  # noqa: E402
 from drivetune.womd import load_scene  # noqa: E402
@@ -29,51 +30,59 @@ def setup(womd_637):
 
 
 @pytest.mark.parametrize("kind,sdc", [("topk", "policy"), ("catk", "log"), ("warmk", "policy"), ("warmk", "log")])
-def test_rollouts_match_previous_engine(setup, kind, sdc):
+def test_rollouts_match_full_recomputation(setup, kind, sdc):
     scene, tv, model = setup
     cfg = SamplerConfig(kind=kind, k=8, warm_lambda=1.0)
     new = simulate(model, tv, [scene], 3, cfg, base_seed=4, sdc=sdc)[0]
-    old = simulate(ReferenceEngine(model), tv, [scene], 3, cfg, base_seed=4, sdc=sdc)[0]
-    assert np.array_equal(new.tokens, old.tokens)
+    ref = simulate(RecomputeEngine(model), tv, [scene], 3, cfg, base_seed=4, sdc=sdc)[0]
+    assert np.array_equal(new.tokens, ref.tokens)
     if kind != "catk":  # CAT-K picks the candidate nearest the log: deterministic
         assert (new.tokens[0] != new.tokens[1]).any()  # sampled, not degenerate
-    assert np.abs(new.logp - old.logp).max() < 1e-4
-    assert np.abs(new.sampler_logp - old.sampler_logp).max() < 1e-4
-    assert np.array_equal(new.x, old.x) and np.array_equal(new.y, old.y)
+    assert np.abs(new.logp - ref.logp).max() < 1e-4
+    assert np.abs(new.sampler_logp - ref.sampler_logp).max() < 1e-4
+    assert np.array_equal(new.x, ref.x) and np.array_equal(new.y, ref.y)
 
 
-def test_layers_match_previous_maths_in_value_and_gradient():
+def test_folded_layers_equal_the_per_pair_arithmetic_in_value_and_gradient():
     torch.manual_seed(1)
     n, k, h = 40, 7, 24
-    emb = FourierEmbedding(5, h, 6).double()
-    blk = RelAttention(h, 4, 2, 0.0).double()
-    x, rel_in = torch.randn(n, h, dtype=torch.float64), torch.randn(n, k, 5, dtype=torch.float64)
-    kv, mask = torch.randn(n, k, 2 * h, dtype=torch.float64, requires_grad=True), torch.rand(n, k) > 0.3
+    emb = FourierEmbedding(3, h, 6).double()
+    blk = RelAttention(h, 4, 2, 0.0, bipartite=True).double()
+    with torch.no_grad():  # affines away from 1 / 0, so that their folding is exercised
+        for p in blk.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, rel_in = torch.randn(n, h, dtype=torch.float64), torch.randn(n, k, 3, dtype=torch.float64)
+    src = torch.randn(n, k, h, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(n, k) > 0.3
     mask[0] = False  # a query with no valid key
 
-    def run(fourier, attend):
-        params = [*emb.parameters(), *blk.parameters(), kv]
+    def run(folded: bool):
+        params = [*emb.parameters(), *blk.parameters(), src]
         for p in params:
             p.grad = None
-        out = attend(blk, x, kv, fourier(emb, rel_in), mask)
+        if folded:
+            out = blk(x, blk.project(src), normalize_pairs(emb(rel_in)), mask)
+        else:
+            out = naive_attention(blk, x, src, naive_fourier(emb, rel_in), mask)
         (out ** 2).sum().backward()
         return out.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
 
-    new, new_grads = run(FourierEmbedding.forward, RelAttention.forward)
-    old, old_grads = run(_fourier, _attend)
-    assert (new - old).abs().max() < 1e-10
-    assert max(float((a - b).abs().max()) for a, b in zip(new_grads, old_grads)) < 1e-10
-    assert sum(bool(g.abs().sum() > 0) for g in new_grads) == len(new_grads) - 4  # kv and norm_src (w, b) unused here
+    new, new_grads = run(True)
+    ref, ref_grads = run(False)
+    assert (new - ref).abs().max() < 1e-10
+    assert max(float((a - b).abs().max()) for a, b in zip(new_grads, ref_grads)) < 1e-9
+    assert sum(bool(g.abs().sum() > 0) for g in new_grads) == len(new_grads)  # every parameter and input trains
     # the dense per-group agent path equals the gathered one
     g, a = 3, 9
+    self_blk = RelAttention(h, 4, 2, 0.0).double()
     xs, proj = torch.randn(g, a, h, dtype=torch.float64), torch.randn(g, a, 2 * h, dtype=torch.float64)
     idx = torch.stack([torch.randperm(a)[:k] for _ in range(g * a)]).view(g, a, k)
-    rel = emb(torch.randn(g * a, k, 5, dtype=torch.float64))
+    rel = normalize_pairs(emb(torch.randn(g * a, k, 3, dtype=torch.float64)))
     m = torch.rand(g, a, k) > 0.3
     gathered = proj[torch.arange(g)[:, None, None], idx].flatten(0, 1)
     with torch.no_grad():
-        dense = blk.forward_groups(xs, proj, idx, rel, m)
-        ref = _attend(blk, xs.flatten(0, 1), gathered, rel, m.flatten(0, 1))
+        dense = self_blk.forward_groups(xs, proj, idx, rel, m)
+        ref = self_blk(xs.flatten(0, 1), gathered, rel, m.flatten(0, 1))
     assert (dense - ref).abs().max() < 1e-10
 
 
@@ -121,7 +130,7 @@ def test_ring_buffer_state_reports_last_pose(setup):
     from drivetune.model import AgentBatch, collate
 
     mb, ab, _ = collate([scene], model.vocab)
-    ab = AgentBatch(ab.tokens[:, :6], ab.poses[:, :6], ab.valid[:, :6], ab.type_idx[:, :6])  # 6 agents suffice
+    ab = AgentBatch(ab.tokens[:, :6], ab.poses[:, :6], ab.valid[:, :6], ab.type_idx[:, :6], ab.size[:, :6])  # 6 suffice
     with torch.no_grad():
         state, _ = model.start(model.encode_map(mb), ab.slice_time(0, 2), 2)
         for i in range(2, 10):  # past the 6-token window

@@ -36,7 +36,8 @@ def vocab() -> MotionVocab:
 def batch(vocab, womd_637, womd_ee5):
     scenes = [load_scene(womd_637), load_scene(womd_ee5)]
     mb, ab, _ = collate(scenes, vocab)
-    return mb, type(ab)(ab.tokens[:, :24], ab.poses[:, :24], ab.valid[:, :24], ab.type_idx[:, :24])  # keep it quick
+    return mb, type(ab)(ab.tokens[:, :24], ab.poses[:, :24], ab.valid[:, :24], ab.type_idx[:, :24],
+                        ab.size[:, :24])  # keep it quick
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,10 @@ def test_logits_invariant_to_rotation_and_translation(model, batch):
     with torch.no_grad():
         ref = model(mb0, ab0)
         moved = model(*_rigid(mb0, ab0, 1.1, (250.0, -420.0)))
-    _close_where_valid(moved, ref, ab.valid, 2e-3)
+    # SMART's inputs are raw angles: a pair exactly at ±π (opposite lanes, a token right behind) may land on either
+    # side of the branch cut after the move, which shifts logits by up to ~1e-2 here (measured 0.008); a feature that
+    # is not invariant (v2's motion angle taken against the world frame, tried once) moves them by 0.7
+    _close_where_valid(moved, ref, ab.valid, 2e-2)
 
 
 def test_padding_tokens_are_masked_per_type(model, batch, vocab):

@@ -23,7 +23,7 @@ def setup(womd_637):
     torch.manual_seed(0)
     model = BehaviorModel(ModelConfig.named("micro"), vocab).eval()
     with torch.no_grad():  # a peaked policy (random heads are near uniform): log-probs spread over tens of nats
-        model.head[-1].weight.mul_(30.0)
+        model.head[-1].weight.mul_(3.0)
     worker = RolloutWorker(PolicySpec.from_model(model, rewards=False))
     worker.set_weights(state_dict_to_numpy(model), 0)
     return scene, model, worker, model.vocab.to_torch()

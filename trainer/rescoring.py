@@ -97,6 +97,7 @@ class RescoreInputs:
             poses=torch.cat([h.poses.expand(g, -1, -1, -1), self.poses[rows, :, 1:-1]], dim=2),
             valid=torch.cat([h.valid.expand(g, -1, -1), fut_valid], dim=2),
             type_idx=h.type_idx.expand(g, a).contiguous(),
+            size=h.size.expand(g, a, 3).contiguous(),
         )
 
     def chunks(self, chunk: int, rows: torch.Tensor | None = None) -> Iterator[torch.Tensor]:

@@ -38,12 +38,13 @@ class MapBatch:
 @dataclass
 class AgentBatch:
     """Agent token sequences: tokens [B, A, T] long, poses [B, A, T, 3] (end pose of each token), valid [B, A, T],
-    type_idx [B, A] long."""
+    type_idx [B, A] long, size [B, A, 3] (length, width, height in m)."""
 
     tokens: torch.Tensor
     poses: torch.Tensor
     valid: torch.Tensor
     type_idx: torch.Tensor
+    size: torch.Tensor
 
     def to(self, device: torch.device | str) -> "AgentBatch":
         return _to(self, device)
@@ -85,15 +86,15 @@ def agent_batch(tokens: Sequence[AgentTokens], agents: Sequence[np.ndarray] | No
     b, a = len(tokens), max([1] + [len(p) for p in picks])
     nt = tokens[0].token_ids.shape[1] if tokens else 0
     ids, poses = np.zeros((b, a, nt), np.int64), np.zeros((b, a, nt, 3))
-    valid, types = np.zeros((b, a, nt), bool), np.zeros((b, a), np.int64)
+    valid, types, size = np.zeros((b, a, nt), bool), np.zeros((b, a), np.int64), np.zeros((b, a, 3), np.float32)
     for i, (t, p) in enumerate(zip(tokens, picks)):
         n = len(p)
         v = t.token_valid[p]
         ids[i, :n] = np.where(v, t.token_ids[p], 0)
         poses[i, :n] = np.where(v[..., None], t.poses[p, 1:], 0.0)
-        valid[i, :n], types[i, :n] = v, t.type_idx[p]
+        valid[i, :n], types[i, :n], size[i, :n] = v, t.type_idx[p], t.size[p]
     return AgentBatch(torch.as_tensor(ids), torch.as_tensor(poses, dtype=torch.float32), torch.as_tensor(valid),
-                      torch.as_tensor(types))
+                      torch.as_tensor(types), torch.as_tensor(size))
 
 
 def select_agents(scene: Scene) -> np.ndarray:

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from drivetune.model.batch import MAP_FEAT_DIM, AgentBatch, MapBatch
-from drivetune.model.config import ModelConfig
+from drivetune.model.config import MODEL_VERSION, ModelConfig
 from drivetune.model.map_grid import MapGrid, build_map_grid
-from drivetune.model.layers import FourierEmbedding, RelAttention, mlp, nearest, pose_features
+from drivetune.model.layers import FourierEmbedding, RelAttention, mlp, nearest, normalize_pairs, pose_features
+from drivetune.model.layers import direction, smart_init
 from drivetune.tokenizer import NUM_AGENT_TYPES, MotionVocab
 from drivetune.tokenizer.map_tokens import NUM_MAP_CATEGORIES, NUM_SIGNAL_CLASSES
 
@@ -43,6 +44,7 @@ class DecodeState:
     map_ctx: MapContext
     scene_index: torch.Tensor  # [B] long
     type_idx: torch.Tensor  # [B, A] long
+    size: torch.Tensor  # [B, A, 3] length, width, height
     kv: torch.Tensor
     poses: torch.Tensor
     valid: torch.Tensor
@@ -67,12 +69,15 @@ class DecodeState:
 
     def select(self, rows: torch.Tensor) -> "DecodeState":
         """A new state holding the given rows (any order, repeats allowed); the map context is shared."""
-        return replace(self, scene_index=self.scene_index[rows], type_idx=self.type_idx[rows], kv=self.kv[:, rows],
+        return replace(self, scene_index=self.scene_index[rows], type_idx=self.type_idx[rows], size=self.size[rows],
+                       kv=self.kv[:, rows],
                        poses=self.poses[rows], valid=self.valid[rows])
 
 
 class BehaviorModel(nn.Module):
     """Next-token model over per-type motion vocabularies (see package docstring for the API)."""
+
+    VERSION = MODEL_VERSION  # recorded in every checkpoint; loading another version is refused
 
     def __init__(self, cfg: ModelConfig, vocab: MotionVocab) -> None:
         super().__init__()
@@ -88,33 +93,48 @@ class BehaviorModel(nn.Module):
         self.register_buffer("token_mask", torch.as_tensor(vocab.token_mask, dtype=torch.bool), persistent=False)
         self.num_tokens = int(poses.shape[1])
         self._full_vocab = bool(vocab.token_mask.all())  # from numpy: also right when built on the meta device
-        # embeddings
+        # agent embedding, as SMART's: the token's shape, fused with a Fourier embedding of the motion since the
+        # previous token (length, direction against the heading) plus the type and size (length, width, height)
         self.token_emb = mlp(self.token_geometry.shape[-1], h, h)
         self.type_emb = nn.Embedding(NUM_AGENT_TYPES, h)
+        self.size_emb = mlp(3, h, h)
+        self.motion_emb = FourierEmbedding(2, h, cfg.fourier_bands)
+        self.fusion = mlp(2 * h, h, h)
         self.map_cat_emb = nn.Embedding(NUM_MAP_CATEGORIES, h)
         self.map_sig_emb = nn.Embedding(NUM_SIGNAL_CLASSES, h)
         self.map_feat_emb = mlp(MAP_FEAT_DIM, h, h)
-        # relative-pose encoders (shared by all layers of one attention kind)
-        self.rel_map_map = FourierEmbedding(5, h, cfg.fourier_bands)
-        self.rel_time = FourierEmbedding(6, h, cfg.fourier_bands)
-        self.rel_map = FourierEmbedding(5, h, cfg.fourier_bands)
-        self.rel_agent = FourierEmbedding(5, h, cfg.fourier_bands)
+        # relative-pose encoders (shared by all layers of one attention kind): distance, direction, heading (+ Δt)
+        self.rel_map_map = FourierEmbedding(3, h, cfg.fourier_bands)
+        self.rel_time = FourierEmbedding(4, h, cfg.fourier_bands)
+        self.rel_map = FourierEmbedding(3, h, cfg.fourier_bands)
+        self.rel_agent = FourierEmbedding(3, h, cfg.fourier_bands)
 
-        def blocks(n: int) -> nn.ModuleList:
-            return nn.ModuleList(RelAttention(h, cfg.heads, cfg.ff_mult, cfg.dropout) for _ in range(n))
+        def blocks(n: int, bipartite: bool = False) -> nn.ModuleList:
+            return nn.ModuleList(RelAttention(h, cfg.heads, cfg.ff_mult, cfg.dropout, bipartite) for _ in range(n))
 
         self.map_blocks = blocks(cfg.map_layers)
         self.time_blocks = blocks(cfg.agent_layers)
-        self.map_agent_blocks = blocks(cfg.agent_layers)
+        self.map_agent_blocks = blocks(cfg.agent_layers, bipartite=True)
         self.agent_blocks = blocks(cfg.agent_layers)
-        self.head = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, self.num_tokens))
+        self.head = mlp(h, h, self.num_tokens)
+        smart_init(self)
 
     # ------------------------------------------------------------------ helpers
-    def _embed(self, tokens: torch.Tensor, type_idx: torch.Tensor) -> torch.Tensor:
-        """[B, A, *T] token ids -> [B, A, *T, H] (type_idx [B, A] broadcast over time)."""
-        t = type_idx.reshape(*type_idx.shape, *([1] * (tokens.ndim - 2))).expand_as(tokens)
+    def _embed(self, tokens: torch.Tensor, type_idx: torch.Tensor, size: torch.Tensor, poses: torch.Tensor,
+               prev: torch.Tensor, prev_valid: torch.Tensor) -> torch.Tensor:
+        """Agent features [B, A, *T, H] of token ids [B, A, *T] ending at `poses` [B, A, *T, 3], after the previous
+        end poses `prev` (where `prev_valid`, else no motion); type_idx [B, A] and size [B, A, 3] broadcast over T."""
+        extra = [1] * (tokens.ndim - 2)
+        t = type_idx.reshape(*type_idx.shape, *extra).expand_as(tokens)
         ids = tokens.clamp(0, self.num_tokens - 1)
-        return self.token_emb(self.token_geometry[t, ids]) + self.type_emb(t)
+        agent = (self.type_emb(type_idx) + self.size_emb(size)).reshape(*type_idx.shape, *extra, -1)
+        step = (poses[..., :2] - prev[..., :2]) * prev_valid[..., None]
+        cos, sin = torch.cos(poses[..., 2]), torch.sin(poses[..., 2])
+        along, across = cos * step[..., 0] + sin * step[..., 1], cos * step[..., 1] - sin * step[..., 0]
+        length = torch.linalg.vector_norm(step, dim=-1)
+        motion = torch.stack([length, direction(along, across, length)], -1)
+        fused = torch.cat([self.token_emb(self.token_geometry[t, ids]), self.motion_emb(motion, agent)], -1)
+        return self.fusion(fused)
 
     def _logits(self, x: torch.Tensor, type_idx: torch.Tensor) -> torch.Tensor:
         logits = self.head(x)
@@ -160,7 +180,7 @@ class BehaviorModel(nn.Module):
         dist = dist.masked_fill(eye | ~mb.valid[:, None, :], float("inf"))
         idx, mask = nearest(dist, self.cfg.map_map_neighbors, self.cfg.map_map_radius)  # [S, M, K]
         key = torch.gather(poses[:, None].expand(-1, m, -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
-        rel = self.rel_map_map(pose_features(poses[:, :, None], key)).flatten(0, 1)
+        rel = normalize_pairs(self.rel_map_map(pose_features(poses[:, :, None], key))).flatten(0, 1)
         flat = (torch.arange(s, device=idx.device)[:, None, None] * m + idx).flatten(0, 1)
         mask = mask.flatten(0, 1)
         x = x.flatten(0, 1)
@@ -177,16 +197,22 @@ class BehaviorModel(nn.Module):
         scene_index = _scene_index(b, ctx.num_scenes, agents.tokens.device)
         valid = agents.valid
         poses = agents.poses.masked_fill(~valid[..., None], 0.0)
-        x = self._embed(agents.tokens, agents.type_idx).flatten(0, 2)  # [N, H], N = B*A*T in (b, a, t) order
-        dev = poses.device
+        prev = torch.cat([torch.zeros_like(poses[:, :, :1]), poses[:, :, :-1]], 2)
+        prev_valid = torch.cat([torch.zeros_like(valid[:, :, :1]), valid[:, :, :-1]], 2)
+        x = self._embed(agents.tokens, agents.type_idx, agents.size, poses, prev, prev_valid).flatten(0, 2)
+        dev = poses.device  # x: [N, H], N = B*A*T in (b, a, t) order
         # temporal: the previous W tokens of the same agent, oldest first (lags W..1)
         w = self.cfg.time_span
         lag = torch.arange(w, 0, -1, device=dev)
         src_t = torch.arange(t, device=dev)[:, None] - lag  # [T, W]
         t_ok = (src_t >= 0)
         src_t = src_t.clamp_min(0)
-        t_mask = (t_ok & valid[:, :, src_t]).flatten(0, 2)  # [N, W]
-        t_rel = self.rel_time(pose_features(poses[:, :, :, None], poses[:, :, src_t], lag.float())).flatten(0, 2)
+        keys = valid
+        if self.training and self.cfg.hist_drop > 0:  # SMART's history dropout: past tokens hidden as temporal keys
+            keys = valid & (torch.rand(valid.shape, device=dev) >= self.cfg.hist_drop)
+        t_mask = (t_ok & keys[:, :, src_t]).flatten(0, 2)  # [N, W]
+        t_rel = normalize_pairs(self.rel_time(pose_features(poses[:, :, :, None], poses[:, :, src_t],
+                                                            -lag.float()))).flatten(0, 2)
         row = torch.arange(b * a, device=dev).view(b, a, 1, 1) * t
         t_idx = (row + src_t).flatten(0, 2)
         # map: nearest map tokens of each (agent, time) pose
@@ -223,6 +249,7 @@ class BehaviorModel(nn.Module):
             map_ctx=ctx,
             scene_index=scenes,
             type_idx=history.type_idx.clone(),
+            size=history.size.clone(),
             kv=torch.zeros(self.cfg.agent_layers, s, a, w, 2 * self.cfg.hidden, device=dev),
             poses=torch.zeros(s, a, w, 3, device=dev),
             valid=torch.zeros(s, a, w, dtype=torch.bool, device=dev),
@@ -264,8 +291,13 @@ class BehaviorModel(nn.Module):
         their next-token logits into `out` [b, A, V]."""
         b, a = tokens.shape
         type_idx, past_valid = state.type_idx[r], state.valid[r]
-        x = self._embed(tokens, type_idx).flatten(0, 1)  # [b*A, H]
-        t_rel = self.rel_time(pose_features(poses[:, :, None], state.poses[r], lags)).flatten(0, 1)
+        if state.num_steps:
+            prev, prev_valid = state.last_pose[r], state.last_valid[r]
+        else:
+            prev, prev_valid = torch.zeros_like(poses), torch.zeros_like(valid)
+        x = self._embed(tokens, type_idx, state.size[r], poses, prev, prev_valid).flatten(0, 1)  # [b*A, H]
+        t_rel = _embed_pairs(self.rel_time, pose_features(poses[:, :, None], state.poses[r], -lags), None)
+        t_rel = t_rel.flatten(0, 1)
         t_mask = past_valid.flatten(0, 1)
         sparse = CPU_SPARSE_PAIRS and poses.device.type == "cpu"  # (reads the mask on the host: CPU only)
         m_idx, m_rel, m_mask = self._map_neighbours(state.map_ctx, state.scene_index[r], poses, sparse)
@@ -296,16 +328,16 @@ def _scene_index(rows: int, scenes: int, device: torch.device) -> torch.Tensor:
 
 
 def _embed_pairs(emb: FourierEmbedding, feats: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """emb(feats) [..., H] for pair features [..., D]; with a pair mask [...] only the masked-in pairs are embedded and
-    the others are 0 (attention gives masked pairs weight 0, so their embedding never counts)."""
+    """normalize_pairs(emb(feats)) [..., H] for pair features [..., D]; with a pair mask [...] only the masked-in
+    pairs are embedded and the others are 0 (attention gives masked pairs weight 0, so their embedding never counts)."""
     if mask is None:
-        return emb(feats)
+        return normalize_pairs(emb(feats))
     on = mask.reshape(-1).nonzero().squeeze(-1)
     if on.numel() > SPARSE_MAX_SHARE * mask.numel():  # gathering and scattering would cost more than they save
-        return emb(feats)
+        return normalize_pairs(emb(feats))
     flat = feats.reshape(-1, feats.shape[-1])
-    out = flat.new_zeros(flat.shape[0], emb.bias.shape[0])
-    return out.index_copy_(0, on, emb(flat[on])).view(*feats.shape[:-1], -1)
+    out = flat.new_zeros(flat.shape[0], emb.b_out.shape[-1])
+    return out.index_copy_(0, on, normalize_pairs(emb(flat[on]))).view(*feats.shape[:-1], -1)
 
 
 def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,12 @@
-"""`ModelConfig` (dataclass, YAML-loadable) and the named sizes micro / nano / tiny."""
+"""`ModelConfig` (dataclass, YAML-loadable), the named sizes micro / nano / tiny and the model-definition version."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Any
+
+
+MODEL_VERSION = 2  # the model definition: 1 = attention normalised over heads (before SMART parity), 2 = SMART's
 
 
 @dataclass
@@ -24,7 +27,8 @@ class ModelConfig:
     map_neighbors: int = 32  # nearest map tokens per agent (within map_radius)
     agent_neighbors: int = 32  # nearest agents per agent (within agent_radius)
     map_map_neighbors: int = 16  # nearest map tokens per map token (within map_map_radius)
-    dropout: float = 0.1
+    dropout: float = 0.1  # attention weights and feed-forward (SMART / CAT-K: 0.1)
+    hist_drop: float = 0.1  # training only: each past token hidden from temporal attention (SMART's hist_drop_prob)
 
     def resolved(self) -> "ModelConfig":
         """This config with every 0 / -1 size field filled in from the named preset."""

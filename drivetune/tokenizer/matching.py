@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from drivetune.scene import HEADING, STEP_SECONDS, VX, VY, X, Y, Scene, wrap_angle
+from drivetune.scene import HEADING, HEIGHT, LENGTH, STEP_SECONDS, VX, VY, WIDTH, X, Y, Scene, wrap_angle
 from drivetune.tokenizer.layout import NUM_AGENT_TYPES, NUM_BOUNDARIES, NUM_TOKENS, TOKEN_STEPS, TYPE_NAMES
 from drivetune.tokenizer.layout import type_index
 from drivetune.tokenizer.motion import MotionVocab, TorchVocab, nearest_tokens, token_end_poses, token_step_poses
@@ -77,6 +77,7 @@ class AgentTokens:
     pose_valid: np.ndarray  # bool [A, 19]
     logged_poses: np.ndarray  # float64 [A, 19, 3] logged (cleaned/interpolated) boundary poses
     type_idx: np.ndarray  # int64 [A]
+    size: np.ndarray  # float32 [A, 3] length, width, height (at the current step; else the mean over valid steps)
 
 
 def _as_torch(vocab: MotionVocab | TorchVocab) -> TorchVocab:
@@ -108,7 +109,17 @@ def tokenize_scene(scene: Scene, vocab: MotionVocab | TorchVocab) -> AgentTokens
         matched[sel, i + 1] = token_end_poses(tv, t_idx[sel], matched[sel, i], best[:, 0])
     poses = matched.cpu().double().numpy() + origin
     poses[~avail] = 0.0
-    return AgentTokens(ids, tok_valid, poses, avail, logged, types)
+    return AgentTokens(ids, tok_valid, poses, avail, logged, types, agent_sizes(scene))
+
+
+def agent_sizes(scene: Scene) -> np.ndarray:
+    """[A, 3] float32 length, width, height of every track: at the current step where valid, else the mean over the
+    track's valid steps (0 for a track never valid)."""
+    box = scene.states[:, :, [LENGTH, WIDTH, HEIGHT]]
+    valid = scene.valid.astype(bool)
+    mean = (box * valid[..., None]).sum(1) / np.maximum(valid.sum(1), 1)[:, None]
+    cur = scene.current_time_index
+    return np.where(valid[:, cur, None], box[:, cur], mean).astype(np.float32)
 
 
 def reconstruction_errors(scene: Scene, tokens: AgentTokens, vocab: MotionVocab | TorchVocab) -> dict[str, np.ndarray]:
