@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv clean results
+.PHONY: demo test venv clean results base
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 # The SMART-R1 Table-3-style ablation and its data (long: about 1.5 h on 2 CPU cores) -> docs/results.md
 results: $(STAMP)
 	bash bench/results.sh
+
+# The shipped base checkpoint base/micro (BC on 1,000 synthetic scenes, about 2 h on 2 CPU cores; resumable)
+base: $(STAMP)
+	bash scripts/base.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,22 +1,19 @@
-"""Closed-loop rollout engine speed (new vs today's engine vs batched recomputation) and weight broadcast, in one run.
+"""Closed-loop rollout engine speed (model v2 vs the v1 engine vs batched recomputation) and weight broadcast, in one run.
 
 Rollouts: R=32 top-K rollouts of a real WOMD scene (default: the 50-agent `637f20cafde22ff8`), random weights,
 2048-token vocabularies, `micro` and `tiny`, 1 and 2 torch threads. Every measurement runs in its own subprocess
 (so its peak RSS is its own) and reports wall and CPU (process) time, median of `--repeats` after a warm-up:
-  - new: `drivetune.closed_loop.simulate` with the current `BehaviorModel`;
-  - old: the same call through `tests/reference_engine.ReferenceEngine`, the decoder before the issue-15 work
-    (cc90b4e arithmetic on the same weights) run through today's engine loop, sampler and tokenizer (conservative);
-  - before: the whole engine of the commit before the issue-15 work (`--before-rev`, default 95aee05: its own
-    decoder, engine loop, sampler and tokenizer), extracted with `git archive` and run on the same weights (checked
-    by a fingerprint); skipped where git or that commit is unavailable;
-  - recompute (fair no-cache baseline, issue 13 item 5): all R rollouts batched, every step runs the full model over
-    the map and the whole context so far (`model(map, agents)`, no cache), same sampler and random numbers.
-With `--cuda`, new and old also run on the CUDA device (wall time, peak `torch.cuda.max_memory_allocated`); their
-ratio column is old-cuda / new-cuda wall, the CPU rows' is old / new CPU seconds at the same thread count.
-The last column counts the rollouts whose 16 x A tokens all equal the new CPU engine's (old and new differ only by
-float rounding, ~1e-6 in logits, so a rare near-tie draw can flip one token and that rollout then diverges). The share
-of CPU time in matrix-multiply kernels (torch profiler, one new and one old run) tells how far each is from
-compute-bound. `--scene` takes a WOMD TFRecord or a Parquet shard (devdata/ on the device machine).
+  - new: `drivetune.closed_loop.simulate` with the current (v2, SMART's layers) `BehaviorModel`;
+  - v1: the whole engine of the commit before model v2 (`--before-rev`, default b606c69: its own model definition,
+    decoder, engine loop, sampler and tokenizer), extracted with `git archive`; its model is another network (v1's
+    layers, seeded alike), so its tokens differ; skipped where git or that commit is unavailable;
+  - recompute (fair no-cache baseline): all R rollouts batched, every step runs the full model over the map and the
+    whole context so far (`model(map, agents)`, no cache), same sampler and random numbers.
+With `--cuda`, new also runs on the CUDA device (wall time, peak `torch.cuda.max_memory_allocated`). The ratio
+column is the run's CPU seconds over v1's at the same thread count (the model-v2 target: at most 1.25x). The last
+column counts the rollouts whose 16 x A tokens all equal the new CPU engine's (recompute must equal it). The share of
+CPU time in matrix-multiply kernels (torch profiler, one new run) tells how far it is from compute-bound. `--scene`
+takes a WOMD TFRecord or a Parquet shard (devdata/ on the device machine).
 
 Broadcast: a `tiny` state dict to 4 rollout actors: ours (`RolloutPool.set_weights`: one packed buffer, one `ray.put`)
 vs the standard baseline, one `ray.put` of the numpy dict and its ObjectRef passed to every worker.
@@ -29,7 +26,6 @@ vs the standard baseline, one `ray.put` of the numpy dict and its ObjectRef pass
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -45,7 +41,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
-CODE = os.environ.get("DRIVETUNE_BENCH_CODE", str(ROOT))  # the drivetune tree to time ("before": an older commit's)
+CODE = os.environ.get("DRIVETUNE_BENCH_CODE", str(ROOT))  # the drivetune tree to time (v1: an older commit's)
 sys.path[:0] = [CODE, str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
@@ -55,9 +51,10 @@ from drivetune.checkpoint import state_dict_to_numpy  # noqa: E402
 from drivetune.closed_loop import NUM_FUTURE_TOKENS, sim_agents, simulate  # noqa: E402
 from drivetune.model import AgentBatch, BehaviorModel, ModelConfig, agent_batch, map_batch  # noqa: E402
 from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_uniforms, sample  # noqa: E402
-from drivetune.scene import HEADING, X, Y  # noqa: E402
+from drivetune.scene import X, Y  # noqa: E402
 from drivetune.tokenizer import MotionVocab, token_end_poses, tokenize_map, tokenize_scene  # noqa: E402
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY  # noqa: E402
+from drivetune.tokenizer.matching import boundary_poses  # noqa: E402
 from drivetune.scene import Scene  # noqa: E402
 
 SCENE = ROOT.parent / "shared" / "data" / "womd" / "motion_data_one_scenario.tfrecord"
@@ -92,11 +89,13 @@ def recompute_rollouts(model, tv, scene, rollouts: int, seed: int) -> np.ndarray
     uni = torch.stack([rollout_uniforms(rollout_seed(scene.scenario_id, r, seed, 0), NUM_FUTURE_TOKENS, len(picks))
                        for r in range(rollouts)], 1)  # [T, R, A]
     rep = lambda x: x.repeat_interleave(rollouts, 0)  # noqa: E731
-    tokens, poses, valid, types = rep(hist.tokens), rep(hist.poses), rep(hist.valid), rep(hist.type_idx)
-    pose = rep(torch.as_tensor(np.stack([st[:, X], st[:, Y], st[:, HEADING]], -1), dtype=torch.float32)[None])
+    tokens, poses, valid, types, size = (rep(hist.tokens), rep(hist.poses), rep(hist.valid), rep(hist.type_idx),
+                                         rep(hist.size))
+    heading = boundary_poses(scene)[0][picks, CURRENT_BOUNDARY, 2]  # cleaned, as the engine starts
+    pose = rep(torch.as_tensor(np.stack([st[:, X], st[:, Y], heading], -1), dtype=torch.float32)[None])
     out = np.zeros((rollouts, len(picks), NUM_FUTURE_TOKENS), np.int64)
     for t in range(NUM_FUTURE_TOKENS):
-        logits = model(maps, AgentBatch(tokens=tokens, poses=poses, valid=valid, type_idx=types))[:, :, -1]
+        logits = model(maps, AgentBatch(tokens=tokens, poses=poses, valid=valid, type_idx=types, size=size))[:, :, -1]
         res = sample(SAMPLER, StepInputs(logits=logits.flatten(0, 1), uniforms=uni[t].flatten(), vocab=tv,
                                          pose=pose.flatten(0, 1), type_idx=types.flatten()))
         tok = res.token.view(rollouts, -1)
@@ -124,15 +123,6 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def fingerprint(model: torch.nn.Module) -> str:
-    """Hash of the parameter names and values (new and before must time the same weights)."""
-    h = hashlib.sha256()
-    for name, value in model.state_dict().items():
-        h.update(name.encode())
-        h.update(value.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def extract_tree(rev: str, dest: Path) -> Path | None:
     """The repository at `rev` as a plain directory (git archive), or None without git / that commit."""
     try:
@@ -156,9 +146,7 @@ def run_one(args) -> dict:
     tv = vocab.to_torch(dev)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    from reference_engine import ReferenceEngine
-
-    engine = ReferenceEngine(model) if args.run == "old" else model
+    engine = model
     if args.run == "recompute":
         call = lambda: recompute_rollouts(model, tv, scene, args.rollouts, seed=1)  # noqa: E731
         recompute_rollouts(model, tv, scene, 1, seed=1)  # warm-up
@@ -177,7 +165,7 @@ def run_one(args) -> dict:
         cpus.append(time.process_time() - c0)
     np.save(args.tokens_out, tokens)
     res = dict(wall=statistics.median(walls), cpu=statistics.median(cpus), rss_mb=_rss_mb(),
-               params=model.num_parameters(), agents=int(tokens.shape[1]), weights=fingerprint(model),
+               params=model.num_parameters(), agents=int(tokens.shape[1]),
                code=str(Path(sys.modules["drivetune"].__file__).parent),
                cuda_peak_mb=torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None)
     if args.profile:
@@ -193,12 +181,12 @@ def run_one(args) -> dict:
 
 
 def spawn(run: str, size: str, threads: int, args, tmp: Path, profile: bool, device: str = "cpu") -> dict:
-    """Time engine `run` (new / old / recompute / before) in its own subprocess."""
+    """Time engine `run` (new / recompute / v1) in its own subprocess."""
     out = tmp / f"{run}_{size}_{threads}_{device}.npy"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    if run == "before":  # the older tree's own simulate() with today's model weights
+    if run == "v1":  # the older tree's own model and simulate()
         env["DRIVETUNE_BENCH_CODE"] = str(args.before_tree)
-    cmd = [sys.executable, __file__, "--run", "new" if run == "before" else run, "--size", size,
+    cmd = [sys.executable, __file__, "--run", "new" if run == "v1" else run, "--size", size,
            "--threads", str(threads), "--scene", str(args.scene), "--rollouts", str(args.rollouts),
            "--repeats", str(args.repeats), "--tokens-out", str(out), "--device", device]
     proc = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True, check=True)
@@ -254,12 +242,12 @@ def main() -> int:
     ap.add_argument("--broadcast-workers", type=int, default=4)
     ap.add_argument("--broadcast-repeats", type=int, default=15)
     ap.add_argument("--skip-broadcast", action="store_true")
-    ap.add_argument("--cuda", action="store_true", help="also run new and old on the CUDA device (once per size)")
+    ap.add_argument("--cuda", action="store_true", help="also run new on the CUDA device (once per size)")
     ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
     ap.add_argument("--no-profile", action="store_true", help="skip the torch-profiler pass (matmul share)")
-    ap.add_argument("--before-rev", default="95aee05",
-                    help="commit whose whole engine is the 'before' baseline ('' to skip)")
-    ap.add_argument("--run", choices=["new", "old", "recompute"], help=argparse.SUPPRESS)
+    ap.add_argument("--before-rev", default="b606c69",
+                    help="commit whose whole engine (model v1) is the baseline ('' to skip)")
+    ap.add_argument("--run", choices=["new", "recompute"], help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
     ap.add_argument("--tokens-out", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
@@ -275,44 +263,35 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dtrb_") as tmp:
         args.before_tree = extract_tree(args.before_rev, Path(tmp) / "before") if args.before_rev else None
         if args.before_rev and args.before_tree is None:
-            print(f"no git or no commit {args.before_rev}: the 'before' (whole pre-change engine) runs are skipped")
+            print(f"no git or no commit {args.before_rev}: the v1 (whole pre-v2 engine) runs are skipped")
         print(f"scene {args.scene.name}, {args.rollouts} rollouts, top-K 32; wall / CPU s (median of {args.repeats}); "
-              f"load average {os.getloadavg()[0]:.1f}; before = {args.before_rev or '-'}")
+              f"load average {os.getloadavg()[0]:.1f}; v1 = {args.before_rev or '-'}")
         print(f"{'size':<6} {'thr':>3} {'engine':<10} {'wall s':>7} {'cpu s':>7} {'agent-steps/s (cpu)':>19} "
-              f"{'(wall)':>9} {'peak MB':>8} {'x vs old':>9} {'x vs before':>11} {'matmul %':>8} "
-              f"rollouts with new's tokens")
+              f"{'(wall)':>9} {'peak MB':>8} {'cpu / v1':>9} {'matmul %':>8} rollouts with new's tokens")
         profiles, figures = [], []
         for size in args.sizes:
             table: dict[tuple[str, int], dict] = {}
             if args.cuda:  # first (fast), so a time limit that cuts the CPU runs short keeps them
-                table.update({(f"{r}-cuda", args.threads[0]): spawn(r, size, args.threads[0], args, Path(tmp), False,
-                                                                    "cuda") for r in ("new", "old")})
+                table[("new-cuda", args.threads[0])] = spawn("new", size, args.threads[0], args, Path(tmp), False,
+                                                             "cuda")
             for threads in args.threads:
-                runs = (["new", "old"] + (["before"] if args.before_tree else [])
+                runs = (["new"] + (["v1"] if args.before_tree else [])
                         + (["recompute"] if size in args.recompute_sizes and threads == 1 else []))
                 table.update({(r, threads): spawn(r, size, threads, args, Path(tmp), profile=not args.no_profile
-                                                  and threads == 1 and r in ("new", "old")) for r in runs})
-                before = table.get(("before", threads))
-                if before and before["weights"] != table[("new", threads)]["weights"]:
-                    raise SystemExit(f"'before' ({args.before_rev}) built other weights than today's model: "
-                                     "its ratio would compare different networks")
+                                                  and threads == 1 and r == "new") for r in runs})
             for (r, threads), x in table.items():
                 gpu = r.endswith("-cuda")
-                old = table[("old-cuda" if gpu else "old", threads)]
                 steps = args.rollouts * x["agents"] * NUM_FUTURE_TOKENS
                 share = f"{100 * x['matmul_share']:.0f}" if "matmul_share" in x else "-"
-                ratio = old["wall"] / x["wall"] if gpu else old["cpu"] / x["cpu"]  # GPU: wall; CPU: CPU seconds
-                before = table.get(("before", threads))
-                vs_before = before["cpu"] / x["cpu"] if before and not gpu else None
+                v1 = table.get(("v1", threads))
+                vs_v1 = x["cpu"] / v1["cpu"] if v1 and not gpu else None
                 ref = table.get(("new", args.threads[0]), x)["tokens"]
                 same = int((x["tokens"] == ref).all(axis=(1, 2)).sum())
                 peak = x["cuda_peak_mb"] if gpu else x["rss_mb"]
                 print(f"{size:<6} {threads:>3} {r:<10} {x['wall']:>7.2f} {x['cpu']:>7.2f} {steps / x['cpu']:>19,.0f} "
-                      f"{steps / x['wall']:>9,.0f} {peak:>8.0f} {ratio:>8.2f}x "
-                      f"{'-' if vs_before is None else f'{vs_before:.2f}x':>11} {share:>8} {same}/{args.rollouts}",
-                      flush=True)
-                figures.append(dict(size=size, threads=threads, engine=r, agent_steps=steps, ratio_vs_old=ratio,
-                                    ratio_vs_before=vs_before,
+                      f"{steps / x['wall']:>9,.0f} {peak:>8.0f} {'-' if vs_v1 is None else f'{vs_v1:.2f}x':>9} "
+                      f"{share:>8} {same}/{args.rollouts}", flush=True)
+                figures.append(dict(size=size, threads=threads, engine=r, agent_steps=steps, cpu_over_v1=vs_v1,
                                     same_tokens_as_new_cpu=same, **{k: v for k, v in x.items()
                                                                     if k not in ("tokens", "profile")}))
                 if "profile" in x and r == "new":

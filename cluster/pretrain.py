@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivetune.checkpoint import CheckpointError, check_model_version, read_meta, run_checkpoints
 from drivetune.config import ConfigError, load_config, to_dict
 from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
 from drivetune.model import ModelConfig
@@ -42,7 +43,7 @@ class OptimConfig:
     warmup_steps: int = 20
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio at max_steps
     grad_clip: float = 1.0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1  # SMART / CAT-K BC
 
 
 @dataclass
@@ -191,11 +192,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. max_steps=50 model.size=nano")
 
 
+def check_resumable(cfg: PretrainConfig) -> None:
+    """A run directory to resume whose latest checkpoint is of another model version: ConfigError (exit 2) before
+    Ray starts."""
+    found = run_checkpoints(cfg.run_dir) if cfg.resume else []
+    if found:
+        try:
+            check_model_version(found[-1][1], read_meta(found[-1][1]))
+        except CheckpointError as exc:
+            raise ConfigError(f"{exc}; or start a new run_dir (or resume=false)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     set_process_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # a ConfigError (bad YAML, key, value or resource request) reaches drivetune.cli: `... error: ...`, exit 2
     cfg = load_config(PretrainConfig, args.config, args.overrides).validate()
+    check_resumable(cfg)
     from ray.train import TrainingFailedError
 
     # Attach to --address or RAY_ADDRESS (set under `ray job submit`), else a private local Ray. Its dashboard

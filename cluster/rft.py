@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from drivetune.checkpoint import CheckpointError, read_model_spec, resolve_checkpoint
 from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config, to_dict
 from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
@@ -283,7 +284,8 @@ def run_stage(args: argparse.Namespace, sft: bool) -> int:
         if (cfg.algo.name == "sft") != sft:
             raise ConfigError(f"{args.config}: algo.name {cfg.algo.name!r} does not fit `drivetune train "
                               f"{'sft' if sft else 'rft'}` (use `train sft` for algo.name: sft, `train rft` otherwise)")
-    except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
+        read_model_spec(resolve_checkpoint(cfg.init))  # missing, damaged or of another model version: before Ray
+    except (ConfigError, CheckpointError) as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
         raise CommandError(str(exc)) from None
     try:
         with ray_session(args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=verbose_ray()):

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # drivetune demo, run by `make demo` from the repo root: the product's story on the embedded default data (the
 # procedural synthetic world) and the real WOMD scenario in ../shared:
-#   synth -> ingest (Ray) -> vocab build -> train pipeline [BC pretrain (Ray Train) -> CAT-K SFT -> GRBO -> SFT]
-#   (Ray rollout workers + learner) -> eval (BC against every stage on held-out scenes) -> simulate + submission
-#   -> serve-demo (the HTTP closed-loop service on Ray Serve, queried step by step)
+#   synth -> ingest (Ray) -> train pipeline from the shipped base (base/micro: BC-pretrained v2 model, `make base`)
+#   [CAT-K SFT -> GRBO -> SFT] (Ray rollout workers + learner) -> eval (the base against every stage on held-out
+#   scenes) -> simulate + submission -> serve-demo (the HTTP closed-loop service on Ray Serve, queried step by step)
 # Everything lands in runs/demo/. Re-running resumes: finished shards and finished stages are skipped.
 set -euo pipefail
 
@@ -12,8 +12,8 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THR
 DT=.venv/bin/drivetune
 OUT=runs/demo
 SCENES=${DEMO_SCENES:-200}
-STEPS=${DEMO_STEPS:-120}
 RL_ITERS=${DEMO_RL_ITERS:-8}
+BASE=base/micro  # every stage starts from the previous one; the first from this base (its vocabulary too)
 REAL=../shared/data/womd/motion_data_one_scenario.tfrecord
 mkdir -p "$OUT"
 SECONDS=0
@@ -26,38 +26,36 @@ echo "== 2. ingest the training scenes into Parquet shards on a local Ray (2 wor
 "$DT" ingest "$OUT/synth" --out "$OUT/shards" --shard-size 50 --workers 2 --no-progress
 "$DT" render "$OUT/shards" --out "$OUT/synth_scene.png"
 
-echo "== 3. build the per-type motion vocabularies (k-disks)"
-[[ -f "$OUT/vocab.safetensors" ]] || "$DT" vocab build "$OUT/shards" --out "$OUT/vocab.safetensors" \
-  --sizes 256 128 128
+echo "== 3. the shipped base: $BASE (v2 micro, BC on 1,000 synthetic scenes; base/micro.json: lineage, hash)"
+"$DT" lineage "$BASE"
 
-echo "== 4. train pipeline: BC pretraining ($STEPS steps) -> CAT-K closed-loop SFT -> GRBO ($RL_ITERS iterations) -> SFT"
+echo "== 4. train pipeline from the base: CAT-K closed-loop SFT -> GRBO ($RL_ITERS iterations) -> SFT"
 "$DT" train pipeline --config configs/pipeline_micro.yaml run_dir="$OUT/pipeline" shards="$OUT/shards" \
-  vocab="$OUT/vocab.safetensors" \
-  "stages=[{name: bc, kind: pretrain, config: configs/pretrain_micro.yaml, overrides: [max_steps=$STEPS, eval_scenes=8]},
-           {name: sft, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4]},
+  init="$BASE" \
+  "stages=[{name: sft, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4]},
            {name: grbo, kind: rft, config: configs/rft_grbo_micro.yaml, overrides: [max_iters=$RL_ITERS]},
            {name: sft2, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4]}]"
 "$DT" lineage "$OUT/pipeline"
-"$DT" plot "$OUT/pipeline/02-grbo" --out "$OUT/grbo_curves.png"
+"$DT" plot "$OUT/pipeline/01-grbo" --out "$OUT/grbo_curves.png"
 
 EVAL_SCENES=("$OUT/heldout")
 [[ -f "$REAL" ]] && EVAL_SCENES+=("$REAL")
-echo "== 5. evaluate BC against every stage: the same held-out scenes, seeds and sampler (32 rollouts)"
-"$DT" eval "${EVAL_SCENES[@]}" --checkpoints "$OUT"/pipeline/00-bc "$OUT"/pipeline/01-sft \
-  "$OUT"/pipeline/02-grbo "$OUT"/pipeline/03-sft2 --rollouts 32 --batch-scenes 2 --sampler topk --k 16 \
+echo "== 5. evaluate the base against every stage: the same held-out scenes, seeds and sampler (32 rollouts)"
+"$DT" eval "${EVAL_SCENES[@]}" --checkpoints "$BASE" "$OUT"/pipeline/00-sft \
+  "$OUT"/pipeline/01-grbo "$OUT"/pipeline/02-sft2 --rollouts 32 --batch-scenes 2 --sampler topk --k 16 \
   --out "$OUT/eval"
 
 # The GRBO stage is served: in this short micro setting the last SFT stage gives GRBO's gains back (README, results)
 echo "== 6. the post-trained (GRBO) model on the real WOMD scenario: rollouts, realism table, submission, PNG"
 if [[ -f "$REAL" ]]; then
-  "$DT" simulate "$REAL" --checkpoint "$OUT/pipeline/02-grbo" --rollouts 32 --sampler topk --k 16 \
+  "$DT" simulate "$REAL" --checkpoint "$OUT/pipeline/01-grbo" --rollouts 32 --sampler topk --k 16 \
     --out "$OUT/simulate" --submission --render
 else
   echo "   (../shared/data/womd not found: skipped)"
 fi
 if [[ -f "$REAL" ]]; then
   echo "== 7. serve it: a private Ray Serve service; a client drives the SDC from the log, the service the others (4 x 8 s)"
-  "$DT" serve-demo --checkpoint "$OUT/pipeline/02-grbo" --scenario "$REAL" --out "$OUT/serve-demo" --rollouts 4 \
+  "$DT" serve-demo --checkpoint "$OUT/pipeline/01-grbo" --scenario "$REAL" --out "$OUT/serve-demo" --rollouts 4 \
     --sampler topk --k 16
 fi
 echo "== done in ${SECONDS} s: see $OUT/ (pipeline stages + lineage, eval/eval.md + charts + side-by-side render,"

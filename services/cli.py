@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 
+from drivetune.checkpoint import read_model_spec, resolve_checkpoint
 from drivetune.config import ConfigError, apply_overrides, from_dict
 from drivetune.ray_runtime import ray_session
 from services.config import ServeConfig
@@ -121,6 +122,7 @@ def _follow(run_dir: str, cfg: ServeConfig, stop: threading.Event, every_s: floa
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = serve_config(args.overrides, replicas=args.replicas, api_key_env=args.api_key_env)
+        read_model_spec(resolve_checkpoint(args.checkpoint))  # missing, damaged or outdated: refused before Ray starts
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"drivetune serve: warning: listening on {args.host}, beyond loopback", file=sys.stderr)
         stop = threading.Event()  # never set: Ctrl-C (or Ray's SIGTERM handling) ends the process
