@@ -82,11 +82,13 @@ class TrafficSession:
     proposal: np.ndarray | None = None  # [P, 5, 4]
     last_query: int = 0
 
-    def ego_at(self, t: int) -> np.ndarray | None:
-        times = np.fromiter(sorted(self.ego), dtype=np.int64)
+    def ego_at(self, t: int, track: dict[int, np.ndarray] | None = None) -> np.ndarray | None:
+        """The ego's pose at t from `track` (default: the known one), None outside it."""
+        track = self.ego if track is None else track
+        times = np.fromiter(sorted(track), dtype=np.int64)
         if len(times) == 0 or t < times[0] or t > times[-1]:
             return None
-        return interpolate(times, np.stack([self.ego[int(k)] for k in times]), t)
+        return interpolate(times, np.stack([track[int(k)] for k in times]), t)
 
     def knots(self) -> tuple[np.ndarray, np.ndarray]:
         """Answerable times [6] and poses [P, 6, 4]: the pending interval's start and its 5 poses."""
@@ -220,15 +222,16 @@ class TrafficMixin:
         if t_query <= ts.t0 or t_query < ts.last_query:
             raise TrafficError("INVALID_ARGUMENT", f"time_query_us {t_query} must be after the handover ({ts.t0}) "
                                                    f"and not before the last query ({ts.last_query})")
+        track = dict(ts.ego)  # kept only if the call succeeds
         if ego is not None:
             if not np.isfinite(ego).all():
                 raise TrafficError("INVALID_ARGUMENT", f"{EGO}: non-finite pose values")
-            ts.ego.update({int(p[0]): p[1:].astype(np.float64) for p in ego})
+            track.update({int(p[0]): p[1:].astype(np.float64) for p in ego})
         while ts.t0 + (ts.pending + 1) * INTERVAL_US <= t_query:
             start = ts.t0 + ts.pending * INTERVAL_US
-            need = [ts.ego_at(start + STEP_US * j) for j in range(1, 6)]
+            need = [ts.ego_at(start + STEP_US * j, track) for j in range(1, 6)]
             if any(p is None for p in need):
-                last = max(ts.ego) if ts.ego else None
+                last = max(track) if track else None
                 raise TrafficError("FAILED_PRECONDITION", f"the {EGO} trajectory ends at {last} us; answering "
                                                           f"{t_query} us needs it up to {start + INTERVAL_US} us")
             arr = np.stack(need)
@@ -239,7 +242,7 @@ class TrafficMixin:
             ts.start_pose = ts.proposal[:, -1]
             ts.proposal = body_poses(body, ts.start_pose[:, 2])
             ts.pending += 1
-        ts.last_query = t_query
+        ts.last_query, ts.ego = t_query, track
         times, poses = ts.knots()
         poses = poses[ts.rows]
         at = interpolate(times, poses, t_query)
