@@ -242,6 +242,7 @@ class TrafficMixin:
             ts.start_pose = ts.proposal[:, -1]
             ts.proposal = body_poses(body, ts.start_pose[:, 2])
             ts.pending += 1
+            ts.ego = track  # committed: the poses it used are the session's now
         ts.last_query, ts.ego = t_query, track
         times, poses = ts.knots()
         poses = poses[ts.rows]
