@@ -150,10 +150,11 @@ class TrafficMixin:
         if req["scene_id"] not in await self.traffic_scenes():
             raise TrafficError("NOT_FOUND", f"scene_id {req['scene_id']!r} is not one of get_available_scenes")
         scene = await asyncio.to_thread(self.store.scene_by_id, req["scene_id"])
-        t0 = int(round(float(scene.timestamps[scene.current_time_index]) * 1e6))
-        if req["handover_us"] != t0:
-            raise TrafficError("INVALID_ARGUMENT", f"handover_time_us {req['handover_us']} is not the scene's "
-                                                   f"handover time {t0} (its current step: the model's history ends there)")
+        current = int(round(float(scene.timestamps[scene.current_time_index]) * 1e6))
+        t0 = int(req["handover_us"])  # the session's time origin (within half a 10 Hz step of the scene's current time)
+        if abs(t0 - current) > STEP_US // 2:
+            raise TrafficError("INVALID_ARGUMENT", f"handover_time_us {t0} is not the scene's handover time {current} "
+                                                   "(its current step, where the model's history ends; +-50 ms)")
         ids = [o for o, _ in req["objects"]]
         if len(set(ids)) != len(ids):
             raise TrafficError("INVALID_ARGUMENT", "logged_object_trajectories has duplicate object_ids")

@@ -17,7 +17,7 @@ from drivetune.checkpoint import save_checkpoint
 from drivetune.model import BehaviorModel, ModelConfig
 from drivetune.tokenizer import build_vocab
 from drivetune.womd import load_scene
-from tests.alpasim_helpers import PB, ego_track, ego_update, logged, t_us
+from services.alpasim_replay import PB, ego_track, ego_update, logged, t_us
 
 KEY_ENV, KEY = "DT_AFFINITY_KEY", "affinity-key-3c9e"
 AUTH = (("authorization", f"Bearer {KEY}"),)

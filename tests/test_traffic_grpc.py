@@ -18,7 +18,7 @@ from drivetune.scene import Z
 from drivetune.tfrecord import read_records
 from drivetune.tokenizer import build_vocab
 from drivetune.womd import load_scene
-from tests.alpasim_helpers import PB, decode, ego_track, ego_update, encoded, logged, t_us
+from services.alpasim_replay import PB, decode, ego_track, ego_update, encoded, logged, t_us
 
 KEY_ENV, KEY = "DT_GRPC_TEST_KEY", "grpc-key-81d2"
 AUTH = (("authorization", f"Bearer {KEY}"),)
@@ -181,7 +181,7 @@ def test_bad_inputs_get_their_status_codes_and_the_server_keeps_serving(svc):
         (lambda: stub.get_metadata(empty), S.UNAUTHENTICATED, "API key"),
         (lambda: stub.get_metadata(empty, metadata=(("authorization", "Bearer nope"),)), S.UNAUTHENTICATED, "API key"),
         (lambda: _start(svc, "bad-scene-01", scene_id="nosuchscene"), S.NOT_FOUND, "nosuchscene"),
-        (lambda: _start(svc, "bad-handover", handover_time_us=t0 + 1), S.INVALID_ARGUMENT, "handover"),
+        (lambda: _start(svc, "bad-handover", handover_time_us=t0 + 60_000), S.INVALID_ARGUMENT, "handover"),
         (lambda: _start(svc, "bad-object-1", logged_object_trajectories=stranger), S.INVALID_ARGUMENT, "999999"),
         (lambda: _start(svc, "bad-noego-01", logged_object_trajectories=no_ego), S.FAILED_PRECONDITION, "EGO"),
         (lambda: _start(svc, "bad-nan-0001", logged_object_trajectories=nan), S.INVALID_ARGUMENT, "non-finite"),

@@ -1,5 +1,6 @@
-"""What an AlpaSim runtime sends and reads, built with nothing but the stubs generated from ../shared/alpasim-protos:
-logged trajectories of a WOMD scene, the log-replayed ego, and the answers decoded to arrays."""
+"""A WOMD scene as an AlpaSim runtime would send it, built with nothing but the stubs generated from
+../shared/alpasim-protos: logged trajectories, the log-replayed ego, and answers decoded to arrays (used by the tests,
+bench/serve.py and the README example)."""
 
 from __future__ import annotations
 
