@@ -1,5 +1,6 @@
-"""Closed-loop serving over loopback HTTP: step latency at 1 / 4 / 16 concurrent sessions, and batched (steps of
-different sessions in one forward, `max_batch_size=16`) against unbatched (`max_batch_size=1`) throughput, in one run.
+"""Closed-loop serving over loopback HTTP and gRPC (AlpaSim's TrafficService, `--grpc`): step latency at 1 / 4 / 16
+concurrent sessions, and batched (steps of different sessions in one forward, `max_batch_size=16`) against unbatched
+(`max_batch_size=1`) throughput, in one run, for each protocol.
 
 Scene: the first real WOMD scenario (50 sim agents), the SDC driven by the caller (log replay), the service driving
 the other 49. A random-weights model of each size (latency does not depend on training). Each session runs `--steps`
@@ -8,7 +9,11 @@ seconds per step, replica RSS and RSS growth per open session; also the in-proce
 sessions in one batch: the batching gain the model itself allows. Targets (issue 11): p50 <= 30 ms at 1 session (micro, CPU); batched >= 2x unbatched at 16.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py [--sizes micro tiny] [--levels 1 4 16] [--steps 16]
-        [--engine-only]
+        [--engine-only] [--protocols http grpc]
+
+gRPC sessions are driven like AlpaSim drives a traffic service: `start_session` with the logged trajectories, then
+`simulate` at 0.1 s (the first interval) and every 0.5 s after, with the ego's log poses up to the query time; one
+`simulate` is one step.
 """
 
 from __future__ import annotations
@@ -89,6 +94,48 @@ def level(url: str, payload: bytes, track: np.ndarray, sdc: int, n: int, steps: 
             "mb_per_session": (opened["replica_rss_bytes"] - before["replica_rss_bytes"]) / 2**20 / n}
 
 
+def drive_grpc(stub, sid: str, scene, steps: int, lat: list, ready: threading.Barrier, span: list) -> None:
+    """One AlpaSim session: start, wait for the others, `steps` simulate calls (0.1 s, then every 0.5 s; at most 16:
+    the log's 8 s of ego poses), then close."""
+    from services.alpasim_replay import PB, ego_track, ego_update, logged, t_us
+
+    t0 = t_us(scene, scene.current_time_index)
+    times, ego = ego_track(scene)
+    agents = [int(i) for i in np.flatnonzero(scene.sim_agent_mask())]
+    stub.start_session(PB.traffic.TrafficSessionRequest(
+        session_uuid=sid, scene_id=scene.scenario_id, random_seed=0, handover_time_us=t0,
+        logged_object_trajectories=logged(scene, agents)))
+    queries = [t0 + 100_000] + [t0 + 500_000 * k for k in range(1, min(steps, 16))]
+    ready.wait()
+    span.append(time.perf_counter())
+    for lo, tq in zip([t0] + queries, queries):
+        req = PB.traffic.TrafficRequest(session_uuid=sid, time_query_us=tq,
+                                        object_trajectory_updates=[ego_update(times, ego, lo, tq)])
+        t1 = time.perf_counter()
+        stub.simulate(req)
+        lat.append(time.perf_counter() - t1)
+    span.append(time.perf_counter())
+    stub.close_session(PB.traffic.TrafficSessionCloseRequest(session_uuid=sid))
+
+
+def grpc_level(stub, scene, n: int, steps: int, tag: str) -> dict:
+    """n concurrent AlpaSim sessions x steps over gRPC (sessions opened first): latency percentiles, throughput."""
+    lats: list[list[float]] = [[] for _ in range(n)]
+    ready, span = threading.Barrier(n), []
+    threads = [threading.Thread(target=drive_grpc, args=(stub, f"bench-{tag}-{n}-{i:03d}", scene, steps, lat,
+                                                         ready, span)) for i, lat in enumerate(lats)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.asarray([x for lat in lats for x in lat]) * 1e3
+    done = n * min(steps, 16)
+    if len(ms) != done:
+        raise RuntimeError(f"{done - len(ms)} gRPC steps failed")
+    return {"p50": np.percentile(ms, 50), "p95": np.percentile(ms, 95), "p99": np.percentile(ms, 99),
+            "steps_s": done / (max(span) - min(span))}
+
+
 def engine_floor(ckpt: Path, scene, n: int, steps: int) -> tuple[float, float]:
     """In-process engine (no HTTP), n sessions stepped together: (p50 ms per batch step, CPU ms per session-step)."""
     from drivetune.checkpoint import load_checkpoint
@@ -110,12 +157,28 @@ def engine_floor(ckpt: Path, scene, n: int, steps: int) -> tuple[float, float]:
     return float(np.median(times) * 1e3), cpu / (steps * n) * 1e3
 
 
+def grpc_front():
+    """The TrafficService front of the `bench` application on a free loopback port: (server, channel, stub)."""
+    import grpc
+    from ray import serve
+
+    from services.alpasim_replay import PB
+    from services.cli import free_port
+    from services.grpc_front import start_grpc
+
+    port = free_port()
+    front = start_grpc(serve.get_deployment_handle("SimAgents", "bench"), port)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return front, channel, PB.grpc.TrafficServiceStub(channel)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["micro"])
     parser.add_argument("--levels", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--engine-only", action="store_true", help="only the in-process engine figures")
+    parser.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
     args = parser.parse_args()
     from ray import serve
 
@@ -146,20 +209,34 @@ def main() -> None:
                       f"CPU {cpu:.1f} ms per session-step")
             if args.engine_only:
                 continue
-            print(f"{'batch':>6} {'sessions':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'steps/s':>8} "
+            print(f"{'proto':>5} {'batch':>6} {'sessions':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'steps/s':>8} "
                   f"{'mean batch':>10} {'replica cpu ms/step':>20} {'RSS MB':>7} {'MB/session':>10} {'client cpu s':>12}")
             rate = {}
             for batch in (16, 1):
-                cfg = ServeConfig(replica_cpus=1.0, max_batch_size=batch, max_sessions=64)
+                cfg = ServeConfig(replica_cpus=1.0, max_batch_size=batch, max_sessions=64, scenario_store=str(SCENARIO))
                 apply_config(app_config(cfg, str(ckpt), 1, name="bench"))
+                front, channel, stub = None, None, None
+                if "grpc" in args.protocols:
+                    front, channel, stub = grpc_front()
                 for n in (args.levels if batch > 1 else [max(args.levels)]):
-                    r = level(url, payload, track, sdc, n, args.steps)
-                    rate[(batch, n)] = r["steps_s"]
-                    print(f"{batch:>6} {n:>8} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['p99']:>8.1f} {r['steps_s']:>8.1f} "
-                          f"{r['batch']:>10.1f} {r['replica_cpu_ms_step']:>20.1f} {r['rss_mb']:>7.0f} {r['mb_per_session']:>10.2f} "
-                          f"{r['client_cpu']:>12.1f}")
+                    if "http" in args.protocols:
+                        r = level(url, payload, track, sdc, n, args.steps)
+                        rate[("http", batch, n)] = r["steps_s"]
+                        print(f"{'http':>5} {batch:>6} {n:>8} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['p99']:>8.1f} "
+                              f"{r['steps_s']:>8.1f} {r['batch']:>10.1f} {r['replica_cpu_ms_step']:>20.1f} "
+                              f"{r['rss_mb']:>7.0f} {r['mb_per_session']:>10.2f} {r['client_cpu']:>12.1f}")
+                    if stub is not None:
+                        r = grpc_level(stub, scene, n, args.steps, f"{size}-{batch}")
+                        rate[("grpc", batch, n)] = r["steps_s"]
+                        print(f"{'grpc':>5} {batch:>6} {n:>8} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['p99']:>8.1f} "
+                              f"{r['steps_s']:>8.1f}")
+                if front is not None:
+                    channel.close()
+                    front.stop(grace=None)
             n = max(args.levels)
-            print(f"{size}: batched / unbatched throughput at {n} sessions: {rate[(16, n)] / rate[(1, n)]:.2f}x")
+            for proto in args.protocols:
+                print(f"{size} {proto}: batched / unbatched throughput at {n} sessions: "
+                      f"{rate[(proto, 16, n)] / rate[(proto, 1, n)]:.2f}x")
         if not args.engine_only:
             serve.shutdown()
 

@@ -1,7 +1,8 @@
 """The closed-loop simulation service: FastAPI behind `@serve.ingress`, one `SessionStore` per replica.
 
 Sessions stay on the replica that created them: every call carries the session id in the `x-session-id` header and
-the deployment routes with Ray Serve's `ConsistentHashRouter` (strict affinity). Concurrent steps of different
+the deployment routes with a consistent-hash router (strict affinity, `services.routing`); AlpaSim gRPC sessions
+(`services.traffic`, `services.grpc_front`) are routed the same way by their uuid. Concurrent steps of different
 sessions are batched (`@serve.batch`) into one forward. The checkpoint is the deployment's `user_config`
 ({checkpoint, version}); `reconfigure` loads new weights in place: open sessions keep their policy version, new
 sessions get the new one. OpenAPI at /docs.
@@ -25,11 +26,12 @@ from drivetune.realism.submission import to_scenario_rollouts
 from drivetune.womd import scene_from_bytes
 from services.config import ServeConfig
 from services.guard import Guard, configure_guard
+from services.routing import ROUTER, ReplicaHeader
 from services.schemas import Created, CreateSession, RolloutsRequest, RolloutsResult, SceneRequest, SessionInfo, \
     StepRequest, StepResult
 from services.store import ServiceError, SessionStore, invalid
+from services.traffic import TrafficMixin
 
-ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 SESSION_HEADER = "x-session-id"
 PROTOBUF = "application/x-protobuf"
 
@@ -38,6 +40,7 @@ api = FastAPI(title="drivetune sim agents", version="1",
 
 
 api.add_middleware(Guard)
+api.add_middleware(ReplicaHeader)
 
 
 @api.exception_handler(RequestValidationError)
@@ -63,7 +66,7 @@ def _session_header(request: Request, session_id: str | None) -> str | None:
 
 @serve.deployment
 @serve.ingress(api)
-class SimAgents:
+class SimAgents(TrafficMixin):
     def __init__(self, config: dict) -> None:
         self.cfg = from_dict(ServeConfig, config, where="serve config").validate()
         key = b""

@@ -1,4 +1,8 @@
-"""`drivetune serve --checkpoint CKPT [--host 127.0.0.1] [--port 8000] [--replicas N] [--api-key-env VAR] [KEY=VALUE]`.
+"""`drivetune serve --checkpoint CKPT [--host 127.0.0.1] [--port 8000] [--grpc-port P] [--scenes SCENES] [--replicas N]
+[--api-key-env VAR] [KEY=VALUE]`.
+
+With `--grpc-port` AlpaSim's TrafficService is served there too (`services.grpc_front`), on the scenes of `--scenes`
+(TFRecords or a shard directory; it sets `scenario_store`).
 
 Starts the simulation service on a private local Ray (or attaches to `--address` / RAY_ADDRESS) and serves until
 interrupted. KEY=VALUE overrides any `services.config.ServeConfig` field (e.g. `max_sessions=128`). The application is
@@ -29,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, default=None, help="policy version (default: the checkpoint's step)")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="also serve AlpaSim's TrafficService (gRPC) on this port, same host")
+    parser.add_argument("--scenes", default=None,
+                        help="scenes the service owns (TFRecords or shard directory): get_available_scenes, scenario_id")
     parser.add_argument("--replicas", type=int, default=1, help="Serve replicas (sessions stick to one by x-session-id)")
     parser.add_argument("--api-key-env", default="", help="environment variable holding the API key (Bearer)")
     parser.add_argument("--address", default=None, help="Ray cluster to attach to (default: a private local Ray)")
@@ -84,8 +92,10 @@ def apply_config(config: dict, timeout_s: float = 120.0) -> None:
 
 @contextmanager
 def local_service(checkpoint: str, cfg: ServeConfig, host: str = "127.0.0.1", port: int | None = None,
-                  version: int | None = None, address: str | None = None) -> Iterator[str]:
-    """Run the service (on a private local Ray unless `address`); yields its URL and shuts Serve down after."""
+                  version: int | None = None, address: str | None = None, grpc_port: int | None = None
+                  ) -> Iterator[str]:
+    """Run the service (on a private local Ray unless `address`), with the gRPC TrafficService on `grpc_port` if
+    given; yields the HTTP URL and shuts both down after."""
     from ray import serve
 
     from drivetune.checkpoint import resolve_checkpoint
@@ -99,7 +109,18 @@ def local_service(checkpoint: str, cfg: ServeConfig, host: str = "127.0.0.1", po
         serve.start(http_options={"host": host, "port": port})
         try:
             apply_config(app_config(cfg, checkpoint, version))
-            yield f"http://{host}:{port}"
+            front = None
+            if grpc_port is not None:
+                from services.grpc_front import start_grpc
+
+                key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+                front = start_grpc(serve.get_deployment_handle("SimAgents", "drivetune"), grpc_port, host, key,
+                                   cfg.max_body_bytes)
+            try:
+                yield f"http://{host}:{port}"
+            finally:
+                if front is not None:
+                    front.stop(grace=1.0)
         finally:
             serve.shutdown()
 
@@ -121,13 +142,17 @@ def _follow(run_dir: str, cfg: ServeConfig, stop: threading.Event, every_s: floa
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = serve_config(args.overrides, replicas=args.replicas, api_key_env=args.api_key_env)
+        cfg = serve_config(args.overrides, replicas=args.replicas, api_key_env=args.api_key_env,
+                           scenario_store=args.scenes)
         read_model_spec(resolve_checkpoint(args.checkpoint))  # missing, damaged or outdated: refused before Ray starts
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"drivetune serve: warning: listening on {args.host}, beyond loopback", file=sys.stderr)
         stop = threading.Event()  # never set: Ctrl-C (or Ray's SIGTERM handling) ends the process
-        with local_service(args.checkpoint, cfg, args.host, args.port, args.version, args.address) as url:
+        with local_service(args.checkpoint, cfg, args.host, args.port, args.version, args.address,
+                           args.grpc_port) as url:
             print(f"drivetune serve: {url} (OpenAPI at {url}/docs); Ctrl-C stops", flush=True)
+            if args.grpc_port is not None:
+                print(f"drivetune serve: AlpaSim TrafficService (gRPC) on {args.host}:{args.grpc_port}", flush=True)
             try:
                 if args.follow:
                     _follow(args.checkpoint, cfg, stop, args.follow_every)
