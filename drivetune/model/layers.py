@@ -17,7 +17,7 @@ from torch import nn
 
 from drivetune.tokenizer.layout import relative
 
-CPU_BLOCK_FLOATS = 2**19  # Fourier features of pairs on CPU (inference): row blocks of ~2 MB angles (L2-sized)
+CPU_BLOCK_FLOATS = 2**20  # Fourier features of pairs on CPU (inference): row blocks of ~10k pairs (micro)
 SORT_MAX_ROW = 64  # rows up to this length: a stable full sort is cheaper than topk (CPU, 50 per row: 2x)
 LN_EPS = 1e-5
 MIN_DIRECTION_M = 0.01  # a vector shorter than this has direction 0: float32 noise of world coordinates would pick it
@@ -100,16 +100,21 @@ class FourierEmbedding(nn.Module):
         return out.view(*lead, -1)
 
     def _mix(self, flat: torch.Tensor, cat: torch.Tensor | None) -> torch.Tensor:
-        """[P, D] scalars -> [P, H]: the sum over d of the per-input MLPs, plus the categorical sum (before to_out)."""
-        d, p = flat.shape[1], flat.shape[0]
-        angle = 2 * math.pi * flat.t()[..., None] * self.freqs[:, None]  # [D, P, B]
-        feats = torch.cat([torch.cos(angle), torch.sin(angle), flat.t()[..., None]], -1)  # [D, P, 2B+1]
-        hid = torch.baddbmm(self.b_in, feats, self.w_in)  # [D, P, H]
-        hid = F.layer_norm(hid, hid.shape[-1:], eps=LN_EPS).mul_(self.ln_weight).add_(self.ln_bias).relu_()
-        # Σ_d hid_d W_d: one product over the D blocks laid side by side
-        y = hid.transpose(0, 1).reshape(p, -1) @ self.w_out.reshape(-1, self.w_out.shape[-1])
-        y = y + self.b_out.sum(0)
-        return y if cat is None else y + cat
+        """[P, D] scalars -> [P, H]: the sum over d of the per-input MLPs, plus the categorical sum (before to_out).
+        Input by input: the identity feature and the [cos, sin] block meet their own slices of the first weight, the
+        LayerNorm applies its affine in its own kernel, and each MLP's output adds straight into the sum (no
+        [D, P, H] stack: on CPU this ran faster than one batched product over the stacked inputs)."""
+        bands = self.freqs.shape[1]
+        y = self.b_out.sum(0).expand(flat.shape[0], -1) if cat is None else cat + self.b_out.sum(0)
+        for d in range(flat.shape[1]):
+            x = flat[:, d:d + 1]
+            angle = (2 * math.pi) * x * self.freqs[d]  # [P, B]
+            w = self.w_in[d]
+            hid = torch.addmm(self.b_in[d, 0], x, w[2 * bands:])
+            hid = hid.addmm_(torch.cat([torch.cos(angle), torch.sin(angle)], 1), w[:2 * bands])
+            hid = F.layer_norm(hid, hid.shape[-1:], self.ln_weight[d, 0], self.ln_bias[d, 0], LN_EPS).relu_()
+            y = torch.addmm(y, hid, self.w_out[d])
+        return y
 
 
 def nearest(dist: torch.Tensor, k: int, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
