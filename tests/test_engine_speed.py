@@ -158,5 +158,6 @@ def test_cpu_row_chunks_and_sparse_pairs_change_nothing(setup, monkeypatch):
     monkeypatch.setattr(behavior, "SPARSE_MAX_SHARE", 1.0)  # always the sparse path
     chunked = simulate(model, tv, [scene], 3, cfg, base_seed=5)[0]
     assert np.array_equal(dense.tokens, chunked.tokens)
-    assert np.abs(dense.logp - chunked.logp).max() < 1e-6
+    # other block sizes may round differently in BLAS: one float32 ulp at |logp| ~ 10 is 1e-6 (measured 1.2e-6)
+    assert np.abs(dense.logp - chunked.logp).max() < 3e-6
     assert np.array_equal(dense.x, chunked.x)
