@@ -26,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# The SMART-R1 Table-3-style ablation and its data (long: about 1.5 h on 2 CPU cores) -> docs/results.md
+# The SMART-R1 Table-3-style ablation post-training the shipped base, and its data (long: over an hour on 2 CPU cores) -> docs/results.md
 results: $(STAMP)
 	bash bench/results.sh
 

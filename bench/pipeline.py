@@ -6,11 +6,12 @@ first SFT, is trained once per seed), then every final checkpoint is scored with
 held-out synthetic scenes and on the real WOMD scenarios: the same rollouts count, sampler and seeds for all. A
 Warm-K table (k x lambda, no retraining) is added for BC and the last recipe. Mean and spread over training seeds.
 
-    python bench/pipeline.py --bc runs/bench_rl/bc200 --shards runs/bench_rl/shards \
-        --heldout runs/bench_rl/heldout_synth --seeds 0 1 2 --sft-iters 4 --rl-iters 10 --out runs/results \
+    python bench/pipeline.py --bc base/micro --shards runs/results_data/shards \
+        --heldout runs/results_data/heldout --seeds 0 1 2 --sft-iters 4 --rl-iters 10 --out runs/results \
         --doc docs/results.md
 
-`make results` (bench/results.sh) makes the data and the BC model first. A rerun continues from OUT/rows.json.
+`make results` (bench/results.sh) makes the data first and post-trains the shipped base (`make base`). A rerun
+continues from OUT/rows.json.
 """
 
 from __future__ import annotations

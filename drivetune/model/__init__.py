@@ -1,4 +1,4 @@
-"""SMART-style tokenized behaviour model with incremental (cached) decoding.
+"""SMART's tokenized behaviour model (definition v2, docs/model.md) with incremental (cached) decoding.
 
 Layout follows `drivetune.tokenizer`: type index 0 veh / 1 ped / 2 cyc; token interval i moves boundary pose i -> i+1.
 Model step i consumes token i and its *end* pose (boundary i+1) and predicts token i+1. History = intervals 0..1
@@ -8,8 +8,8 @@ Model step i consumes token i and its *end* pose (boundary i+1) and predicts tok
   - `MapBatch`: `pos` [S, M, 2], `heading` [S, M], `feat` [S, M, F] (segment shape in its own frame), `category`
     [S, M] long, `signal` [S, M] long, `valid` [S, M]. `map_batch([MapTokens, ...])` builds it.
   - `AgentBatch`: `tokens` [B, A, T] long, `poses` [B, A, T, 3] (end pose x, y, heading of each token), `valid`
-    [B, A, T], `type_idx` [B, A] long. `agent_batch([AgentTokens, ...])` builds it (T = 18 intervals);
-    `.slice_time(a, b)` takes steps a..b-1 (e.g. the history `[:, :, :2]`).
+    [B, A, T], `type_idx` [B, A] long, `size` [B, A, 3] (length, width, height). `agent_batch([AgentTokens, ...])`
+    builds it (T = 18 intervals); `.slice_time(a, b)` takes steps a..b-1 (e.g. the history `[:, :, :2]`).
   - `collate(scenes, vocab)` tokenizes `Scene`s into `(MapBatch, AgentBatch, track indices)` of the agents
     `select_agents(scene)` picks (every sim agent: the agents the model simulates).
 

@@ -70,8 +70,7 @@ class DecodeState:
     def select(self, rows: torch.Tensor) -> "DecodeState":
         """A new state holding the given rows (any order, repeats allowed); the map context is shared."""
         return replace(self, scene_index=self.scene_index[rows], type_idx=self.type_idx[rows], size=self.size[rows],
-                       kv=self.kv[:, rows],
-                       poses=self.poses[rows], valid=self.valid[rows])
+                       kv=self.kv[:, rows], poses=self.poses[rows], valid=self.valid[rows])
 
 
 class BehaviorModel(nn.Module):
