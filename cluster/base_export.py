@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from drivetune.atomic import atomic_write_bytes
-from drivetune.checkpoint import checkpoint_dir, read_meta, run_checkpoints
+from drivetune.checkpoint import META, VOCAB, WEIGHTS, checkpoint_dir, read_meta, run_checkpoints
 from trainer.checkpoints import RunDirectory
 
 REMAKE = "make base"
@@ -52,7 +52,10 @@ def export_base(run_dir: str | os.PathLike, out: str | os.PathLike) -> dict[str,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        for name in (WEIGHTS, VOCAB, META):  # the model only: no trainer state
+            shutil.copyfile(source / name, tmp / name)
+            os.chmod(tmp / name, 0o644)
+        os.chmod(tmp, 0o755)
         old = out.parent / f".{out.name}.old.{os.getpid()}"
         if out.exists():
             os.replace(out, old)
