@@ -46,9 +46,10 @@ def service(ray_local, tmp_path_factory, womd_637):
     serve.shutdown()
 
 
-def _schemathesis(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+def _schemathesis(args: list[str], cwd: Path, timeout_s: float) -> subprocess.CompletedProcess:
+    """The schemathesis CLI of this virtualenv, run in `cwd` (it keeps a cache folder there)."""
     exe = Path(sys.executable).parent / "schemathesis"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout_s)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout_s, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -59,7 +60,7 @@ def test_schemathesis_finds_no_contract_failure(service, tmp_path):
     done = _schemathesis(["--config-file", str(config), "run", f"{service.url}/openapi.json",
                           "-H", f"Authorization: Bearer {KEY}", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
                           "--seed", "25", "--workers", "1", "--request-timeout", "60", "--report", "json,har",
-                          "--report-dir", str(reports)], timeout_s=540)
+                          "--report-dir", str(reports)], cwd=tmp_path, timeout_s=540)
     report = json.loads(next(reports.glob("json-*.json")).read_text())
     entries = json.loads(next(reports.glob("har-*.json")).read_text())["log"]["entries"]
     summary = f"{len(entries)} requests; failures {report['failures']}; errors {report['errors']}"
