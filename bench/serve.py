@@ -12,7 +12,7 @@ sessions in one batch: the batching gain the model itself allows. Targets (issue
 
 `--load`: the sustained step rate at which p99 stays under `--p99-ms` (200): sessions stepped in lockstep every
 `--period` s (simulators ticking together, all agents policy-driven), more sessions per level, `--duration` s each
-(services.loadgen.lockstep). `--soak`: `--waves` waves of 20 sessions (3 steps each; every 4th left to expire by a 2 s
+(services.loadgen.lockstep). `--soak`: `--waves` waves of 20 sessions (3 steps each; every 4th left to expire by a 5 s
 TTL), the replica's RSS after each wave (services.loadgen.soak).
 """
 
@@ -198,7 +198,7 @@ def ops_figures(args: argparse.Namespace) -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"
-        cfg = ServeConfig(replica_cpus=1.0, max_batch_size=16, max_sessions=64, session_ttl_s=2.0 if args.soak else 300)
+        cfg = ServeConfig(replica_cpus=1.0, max_batch_size=16, max_sessions=64, session_ttl_s=5.0 if args.soak else 300)
         apply_config(app_config(cfg, str(ckpt), 1, name="bench"))
         if args.load:
             best = None
@@ -215,7 +215,7 @@ def ops_figures(args: argparse.Namespace) -> None:
                                                           f"sessions, p99 {best['p99']:.1f} ms)"))
         if args.soak:
             t0 = time.perf_counter()
-            rep = soak(url, payload, waves=args.waves, per_wave=20, expire_every=4, steps=3, ttl_s=2.0)
+            rep = soak(url, payload, waves=args.waves, per_wave=20, expire_every=4, steps=3, ttl_s=5.0)
             rss = [w.rss_bytes / 2**20 for w in rep.waves]
             kept = sum(w.left_to_expire for w in rep.waves)
             print(f"soak: {rep.sessions} sessions in {len(rep.waves)} waves, {kept} left to expire "
