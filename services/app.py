@@ -161,6 +161,7 @@ class SimAgents:
                    x_session_id: RoutingHeader = None) -> dict:
         start = time.perf_counter()
         _session_header(x_session_id, session_id)
+        self.store.touch(session_id)  # a step queued behind a slow batch must not find its session expired
         states = {k: v.model_dump() for k, v in body.external_states.items()}
         self._tune_batch()
         out = await self.step_batch((session_id, states))
