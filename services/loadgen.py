@@ -47,11 +47,12 @@ def _settle(client: SimAgentsClient, ttl_s: float) -> None:
             raise
 
 
-def soak(url: str, scenario: bytes, waves: int, per_wave: int, expire_every: int, steps: int, ttl_s: float,
-         threads: int = 4, api_key: str | None = None) -> SoakReport:
+def soak(url: str, scenario: bytes | None, waves: int, per_wave: int, expire_every: int, steps: int, ttl_s: float,
+         threads: int = 4, api_key: str | None = None, scenario_id: str | None = None) -> SoakReport:
     """`waves` waves of `per_wave` sessions, `threads` at a time: create, `steps` steps (all agents policy-driven),
     then close, except every `expire_every`-th session, left idle to expire by the TTL. After each wave the TTL is
-    waited out and the replica's RSS and open-session count are read from /v1/model and /healthz."""
+    waited out and the replica's RSS and open-session count are read from /v1/model and /healthz. The scene is
+    `scenario` (bytes, parsed by the replica on every create) or `scenario_id` (from the replica's store)."""
     report = SoakReport()
     left: list[ClientSession] = []
     with SimAgentsClient(url, api_key=api_key) as admin:
@@ -61,7 +62,8 @@ def soak(url: str, scenario: bytes, waves: int, per_wave: int, expire_every: int
 
             def one(i: int) -> None:
                 with SimAgentsClient(url, api_key=api_key) as client:
-                    session = client.create_session(scenario_bytes=scenario, external_ids=[], seed=i)
+                    session = client.create_session(scenario_bytes=scenario, scenario_id=scenario_id,
+                                                    external_ids=[], seed=i)
                     for _ in range(steps):
                         session.step()
                     with lock:
