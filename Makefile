@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv clean results base
+.PHONY: demo test venv clean results base prometheus
 
 venv: $(STAMP)
 
@@ -23,8 +23,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	bash scripts/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) prometheus
 	$(BIN)/python -m pytest -q tests
+
+# The Prometheus server tests/test_prometheus.py scrapes with (Debian's package; CI runs as root on a fresh machine).
+prometheus:
+	command -v prometheus >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends prometheus; }
 
 # The SMART-R1 Table-3-style ablation post-training the shipped base, and its data (long: over an hour on 2 CPU cores) -> docs/results.md
 results: $(STAMP)

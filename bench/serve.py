@@ -9,11 +9,16 @@ seconds per step, replica RSS and RSS growth per open session; also the in-proce
 sessions in one batch: the batching gain the model itself allows. Targets (issue 11): p50 <= 30 ms at 1 session (micro, CPU); batched >= 2x unbatched at 16.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py [--sizes micro tiny] [--levels 1 4 16] [--steps 16]
-        [--engine-only] [--protocols http grpc]
+        [--engine-only] [--protocols http grpc] [--load | --soak]
 
 gRPC sessions are driven like AlpaSim drives a traffic service: `start_session` with the logged trajectories, then
 `simulate` at 0.1 s (the first interval) and every 0.5 s after, with the ego's log poses up to the query time; one
 `simulate` is one step.
+
+`--load`: the sustained step rate at which p99 stays under `--p99-ms` (200): sessions stepped in lockstep every
+`--period` s (simulators ticking together, all agents policy-driven), more sessions per level, `--duration` s each
+(services.loadgen.lockstep). `--soak`: `--waves` waves of 20 sessions (3 steps each; every 4th left to expire by a 5 s
+TTL), the replica's RSS after each wave (services.loadgen.soak).
 """
 
 from __future__ import annotations
@@ -179,7 +184,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--engine-only", action="store_true", help="only the in-process engine figures")
     parser.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
+    parser.add_argument("--load", action="store_true", help="only the sustained-rate sweep (p99 bound)")
+    parser.add_argument("--soak", action="store_true", help="only the session-churn soak (RSS per wave)")
+    parser.add_argument("--period", type=float, default=0.1, help="--load: seconds between a session's steps")
+    parser.add_argument("--duration", type=float, default=20.0, help="--load: seconds per level")
+    parser.add_argument("--p99-ms", type=float, default=200.0)
+    parser.add_argument("--waves", type=int, default=20)
     args = parser.parse_args()
+    if args.load or args.soak:
+        return ops_figures(args)
     from ray import serve
 
     from drivetune.ray_runtime import ray_session
@@ -239,6 +252,55 @@ def main() -> None:
                       f"{rate[(proto, 16, n)] / rate[(proto, 1, n)]:.2f}x")
         if not args.engine_only:
             serve.shutdown()
+
+
+def ops_figures(args: argparse.Namespace) -> None:
+    """--load / --soak against one micro replica (1 CPU, batch 16, 64 sessions)."""
+    from ray import serve
+
+    from drivetune.ray_runtime import ray_session
+    from services.cli import app_config, apply_config, free_port
+    from services.config import ServeConfig
+    from services.loadgen import lockstep, soak
+
+    torch.set_num_threads(1)
+    payload = next(read_records(SCENARIO))[1]
+    scene = scene_from_bytes(payload)
+    torch.manual_seed(0)
+    model = BehaviorModel(ModelConfig.named("micro"), build_vocab([scene], sizes=(256, 128, 128)))
+    ckpt = save_checkpoint(Path(tempfile.mkdtemp(prefix="dt_bench_ops_")) / "micro", model, {"step": 1})
+    print(f"micro {model.num_parameters() / 1e6:.2f}M parameters, scene {scene.scenario_id} "
+          f"({int(scene.sim_agent_mask().sum())} agents, all policy-driven); machine shared, figures indicative")
+    with ray_session(num_cpus=2, log_to_driver=False):
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        cfg = ServeConfig(replica_cpus=1.0, max_batch_size=16, max_sessions=64, session_ttl_s=5.0 if args.soak else 300)
+        apply_config(app_config(cfg, str(ckpt), 1, name="bench"))
+        if args.load:
+            best = None
+            print(f"{'sessions':>8} {'offered/s':>9} {'steps/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+                  f"{'missed ticks':>12}")
+            for n in args.levels:
+                r = lockstep(url, payload, n, args.period, args.duration)
+                print(f"{n:>8} {r['offered']:>9.1f} {r['achieved']:>8.1f} {r['p50']:>7.1f} {r['p99']:>7.1f} "
+                      f"{r['max']:>7.1f} {r['missed_ticks']:>12}")
+                if r["p99"] < args.p99_ms and r["missed_ticks"] == 0:
+                    best = r
+            print("sustained rate with p99 < %.0f ms and no missed tick: %s" % (
+                args.p99_ms, "none" if best is None else f"{best['achieved']:.1f} steps/s ({best['sessions']} "
+                                                          f"sessions, p99 {best['p99']:.1f} ms)"))
+        if args.soak:
+            t0 = time.perf_counter()
+            rep = soak(url, payload, waves=args.waves, per_wave=20, expire_every=4, steps=3, ttl_s=5.0)
+            rss = [w.rss_bytes / 2**20 for w in rep.waves]
+            kept = sum(w.left_to_expire for w in rep.waves)
+            print(f"soak: {rep.sessions} sessions in {len(rep.waves)} waves, {kept} left to expire "
+                  f"({rep.expired_404} answered 404 expired), open after each wave "
+                  f"{[w.open_after for w in rep.waves]}, {time.perf_counter() - t0:.0f} s")
+            print("RSS MiB after each wave: " + " ".join(f"{r:.0f}" for r in rss))
+            print(f"last / first wave: {rss[-1] / rss[0]:.3f}; max / first: {max(rss) / rss[0]:.3f}")
+        serve.shutdown()
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ import asyncio
 import os
 import time
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic.json_schema import SkipJsonSchema
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -25,6 +26,7 @@ from drivetune.config import from_dict
 from drivetune.realism.submission import to_scenario_rollouts
 from drivetune.womd import scene_from_bytes
 from services.config import ServeConfig
+from services.contract import SESSION_HEADER, errors, install, session_links
 from services.guard import Guard, configure_guard
 from services.routing import ROUTER, ReplicaHeader
 from services.schemas import Created, CreateSession, RolloutsRequest, RolloutsResult, SceneRequest, SessionInfo, \
@@ -32,7 +34,6 @@ from services.schemas import Created, CreateSession, RolloutsRequest, RolloutsRe
 from services.store import ServiceError, SessionStore, invalid
 from services.traffic import TrafficMixin
 
-SESSION_HEADER = "x-session-id"
 PROTOBUF = "application/x-protobuf"
 
 api = FastAPI(title="drivetune sim agents", version="1",
@@ -41,13 +42,10 @@ api = FastAPI(title="drivetune sim agents", version="1",
 
 api.add_middleware(Guard)
 api.add_middleware(ReplicaHeader)
-
-
-@api.exception_handler(RequestValidationError)
-async def _schema_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming each bad field (without echoing the input: it may hold NaN, which JSON cannot carry)."""
-    problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
-    return JSONResponse({"detail": problems}, status_code=422)
+install(api)
+RoutingHeader = Annotated[str | SkipJsonSchema[None], Header(
+    alias=SESSION_HEADER, max_length=256, description="the session id: the routing key that keeps a session on its "
+                                                      "replica (send it on create too, and on every call after)")]
 
 
 @api.exception_handler(ServiceError)
@@ -56,9 +54,8 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
 
-def _session_header(request: Request, session_id: str | None) -> str | None:
+def _session_header(header: str | None, session_id: str | None) -> str | None:
     """The x-session-id header; on a session's calls it must name that session (it is the routing key)."""
-    header = request.headers.get(SESSION_HEADER)
     if session_id is not None and header is not None and header != session_id:
         raise invalid(f"the {SESSION_HEADER} header ({header!r}) differs from the session id in the path")
     return header
@@ -127,17 +124,18 @@ class SimAgents(TrafficMixin):
     async def healthz(self) -> dict:
         return {"status": "ok" if self.store.policy else "loading", "sessions": self.store.count()}
 
-    @api.get("/v1/model")
+    @api.get("/v1/model", responses=errors(401, 503))
     async def model(self) -> dict:
         """Checkpoint, policy version, vocab hash, size; open sessions by version; this replica's RSS and CPU time."""
         with open("/proc/self/statm") as f:
             rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         return {**self.store.model_info(), "replica_rss_bytes": rss, "replica_cpu_s": time.process_time()}
 
-    @api.post("/v1/sessions", status_code=201, response_model=Created)
-    async def create(self, body: CreateSession, request: Request) -> dict:
+    @api.post("/v1/sessions", status_code=201, response_model=Created, operation_id="create_session",
+              responses={201: {"links": session_links()}, **errors(400, 401, 409, 413, 422, 429, 503)})
+    async def create(self, body: CreateSession, request: Request, x_session_id: RoutingHeader = None) -> dict:
         try:
-            sid = _session_header(request, None)
+            sid = _session_header(x_session_id, None)
             scene = await self._scene(body)
             out = await asyncio.to_thread(self.store.create, scene, body.external_ids, body.sampler.config(),
                                           body.seed, sid)
@@ -146,22 +144,27 @@ class SimAgents(TrafficMixin):
         self._tune_batch()
         return out
 
-    @api.get("/v1/sessions/{session_id}", response_model=SessionInfo)
-    async def get(self, session_id: str, request: Request) -> dict:
-        _session_header(request, session_id)
+    @api.get("/v1/sessions/{session_id}", response_model=SessionInfo, operation_id="get_session",
+             responses=errors(401, 404, 409, 422))
+    async def get(self, session_id: str, request: Request, x_session_id: RoutingHeader = None) -> dict:
+        _session_header(x_session_id, session_id)
         return await asyncio.to_thread(self.store.get, session_id)
 
-    @api.delete("/v1/sessions/{session_id}", status_code=204)
-    async def delete(self, session_id: str, request: Request) -> Response:
-        _session_header(request, session_id)
+    @api.delete("/v1/sessions/{session_id}", status_code=204, operation_id="delete_session",
+                responses=errors(401, 404, 409, 422))
+    async def delete(self, session_id: str, request: Request, x_session_id: RoutingHeader = None) -> Response:
+        _session_header(x_session_id, session_id)
         await asyncio.to_thread(self.store.delete, session_id)
         self._tune_batch()
         return Response(status_code=204)
 
-    @api.post("/v1/sessions/{session_id}/step", response_model=StepResult)
-    async def step(self, session_id: str, body: StepRequest, request: Request) -> dict:
+    @api.post("/v1/sessions/{session_id}/step", response_model=StepResult, operation_id="step_session",
+              responses=errors(400, 401, 404, 409, 413, 422))
+    async def step(self, session_id: str, body: StepRequest, request: Request,
+                   x_session_id: RoutingHeader = None) -> dict:
         start = time.perf_counter()
-        _session_header(request, session_id)
+        _session_header(x_session_id, session_id)
+        self.store.touch(session_id)  # a step queued behind a slow batch must not find its session expired
         states = {k: v.model_dump() for k, v in body.external_states.items()}
         self._tune_batch()
         out = await self.step_batch((session_id, states))
@@ -178,7 +181,8 @@ class SimAgents(TrafficMixin):
         return out
 
     @api.post("/v1/rollouts", response_model=RolloutsResult,
-              responses={200: {"content": {PROTOBUF: {}}, "description": "JSON, or a ScenarioRollouts proto"}})
+              responses={200: {"content": {PROTOBUF: {}}, "description": "JSON, or a ScenarioRollouts proto"},
+                         **errors(400, 401, 413, 422, 503)})
     async def rollouts(self, body: RolloutsRequest, request: Request) -> Response:
         scene = await self._scene(body)
         ro, version = await asyncio.to_thread(self.store.rollouts, scene, body.num_rollouts, body.sampler.config(),

@@ -6,7 +6,8 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from drivetune.samplers import SamplerConfig
 
@@ -16,6 +17,12 @@ Poses = Annotated[list[Finite], Field(max_length=5)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """The body of every error response (4xx and 5xx): what was wrong, in words."""
+
+    detail: str
 
 
 class Sampler(Strict):
@@ -31,12 +38,23 @@ class Sampler(Strict):
 
 
 class SceneRequest(Strict):
-    """One scene: `scenario` (base64 of a serialized WOMD Scenario proto) or `scenario_id` (from the store)."""
+    """One scene: `scenario` (base64 of a serialized WOMD Scenario proto) or `scenario_id` (from the store), exactly
+    one of them (null is not a value: leave the other field out)."""
 
-    scenario: str | None = Field(None, description="base64 of one serialized WOMD Scenario proto")
-    scenario_id: str | None = Field(None, max_length=128, description="a scenario of the configured store")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["scenario"]}, {"required": ["scenario_id"]}]})
+    scenario: str | SkipJsonSchema[None] = Field(None, description="base64 of one serialized WOMD Scenario proto")
+    scenario_id: str | SkipJsonSchema[None] = Field(None, max_length=128,
+                                                    description="a scenario of the configured store")
     sampler: Sampler = Field(default_factory=Sampler)
     seed: int = Field(0, ge=0, lt=2**63)
+
+    @field_validator("scenario", "scenario_id", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:  # only an explicit null reaches here (an absent field keeps its default)
+            raise ValueError("null is not allowed: leave the field out")
+        return value
 
     def scenario_bytes(self) -> bytes:
         if (self.scenario is None) == (self.scenario_id is None):

@@ -140,6 +140,14 @@ class SessionStore:
                                     "(a replica restart or scale event loses its sessions)")
         raise ServiceError(404, f"unknown session {session_id}")
 
+    def touch(self, session_id: str) -> None:
+        """A call for the session arrived: it is not idle while the call waits for its batch (lock-free: it runs on
+        the event loop; a session already past its TTL is left to expire)."""
+        live = self.sessions.get(session_id)
+        now = time.monotonic()
+        if live is not None and now - live.last_used <= self.cfg.session_ttl_s:
+            live.last_used = now
+
     def count(self) -> int:
         return len(self.sessions)
 

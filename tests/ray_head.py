@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from cluster.head_stop import head_processes, stop_head
 
 BIN = Path(sys.executable).parent  # the virtualenv's bin/ (ray, python)
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--metrics-export-port",
@@ -75,30 +75,13 @@ class RayHead:
         return self
 
     def pids(self) -> list[int]:
-        """PIDs of every process whose command line names this head's temp dir (GCS, raylet, dashboard, agents,
-        workers): this head's processes and no one else's."""
-        mark = str(self.temp_dir).encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                try:
-                    if mark in (entry / "cmdline").read_bytes():
-                        found.append(int(entry.name))
-                except OSError:
-                    continue
-        return found
+        """PIDs of this head's processes and no one else's (`cluster.head_stop`: the command line or an open file
+        names the temp dir, and their descendants: workers, agents)."""
+        return [p.pid for p in head_processes(self.temp_dir)]
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM this head's processes, SIGKILL what is left after `grace_s`, remove the temp dir."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and any(_running(p) for p in self.pids()):
-                time.sleep(0.5)
+        stop_head(self.temp_dir, grace_s)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def run(self, *args: str, timeout: float = 600, cwd: str | os.PathLike | None = None,
@@ -113,10 +96,3 @@ class RayHead:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a killed daemon stays a zombie until its parent reaps it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
