@@ -85,10 +85,10 @@ def bench_decoding(model, mb, ab, rollouts: int, incremental: bool, device) -> f
     else:  # recompute: the whole context (and the map) through the whole stack at every step
         hist = ab.slice_time(0, CURRENT_BOUNDARY)
         tokens, poses, valid = rep(hist.tokens), rep(hist.poses), rep(hist.valid)
-        types, alive = rep(ab.type_idx), rep(hist.valid[:, :, -1])
+        types, size, alive = rep(ab.type_idx), rep(ab.size), rep(hist.valid[:, :, -1])
         mb_r = type(mb)(**{k: rep(v) for k, v in vars(mb).items()})
         for i in range(steps):
-            ctx = type(ab)(tokens, poses, valid, types)
+            ctx = type(ab)(tokens, poses, valid, types, size)
             tok = sample_top_k(model(mb_r, ctx)[:, :, -1], 5, gen)
             pose = token_end_poses(tv, types, poses[:, :, -1], tok)
             tokens = torch.cat([tokens, tok[:, :, None]], 2)
