@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,12 @@ class RFTConfig:
              "directory")
         need(self.max_iters >= 1 and self.scenes_per_iter >= 1, "max_iters and scenes_per_iter must be >= 1")
         need(self.max_minutes >= 0, f"max_minutes must be >= 0, got {self.max_minutes}")
-        need(self.group_size >= 2, f"group_size must be >= 2 (group rewards need leave-one-out), got {self.group_size}")
+        if self.algo.name == "sft":
+            need(self.group_size == 1, f"closed-loop SFT rolls each scene once: CAT-K is deterministic, so more "
+                 f"rollouts of a scene would repeat the first (group_size must be 1, got {self.group_size})")
+        else:
+            need(self.group_size >= 2, f"group_size must be >= 2 (group advantages need >= 2 rollouts), got "
+                 f"{self.group_size}")
         need(self.sdc in SDC_MODES, f"sdc must be one of {SDC_MODES}, got {self.sdc!r}")
         need(self.scored in ("evaluated", "all"), f"scored must be 'evaluated' or 'all', got {self.scored!r}")
         need(self.max_staleness in (0, 1), f"max_staleness must be 0 or 1, got {self.max_staleness}")
@@ -163,7 +168,8 @@ def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker]
     sampler = SceneSampler(cfg.data.shards, cfg.data.fraction, cfg.data.eval_fraction)
     actor = ray.remote(learner_cls).options(name=f"drivetune-learner-{uuid.uuid4().hex[:8]}",
                                             num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
-    learner = actor.remote(cfg.init, cfg.algo, cfg.reward, cfg.learner, cfg.seed)
+    optim = replace(cfg.learner.optim, horizon_iters=cfg.learner.optim.horizon_iters or cfg.max_iters)
+    learner = actor.remote(cfg.init, cfg.algo, cfg.reward, replace(cfg.learner, optim=optim), cfg.seed)
     start = 0
     latest = run.latest() if cfg.resume else None
     if latest is not None:

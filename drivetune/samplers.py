@@ -22,12 +22,15 @@ SAMPLERS = ("topk", "catk", "warmk", "greedy")
 
 @dataclass
 class SamplerConfig:
-    """Which sampler and its parameters. `temperature` is τ of top-K and Warm-K; `warm_lambda` is Warm-K's λ [1/m]."""
+    """Which sampler and its parameters. `temperature` is τ of top-K and Warm-K; `warm_lambda` is Warm-K's λ [1/m];
+    `target_guard` is CAT-K's drift guard: no SFT target where even the best token ends more than this many of the
+    type's box lengths from the log (0: no guard)."""
 
     kind: str = "topk"
     k: int = 32
     temperature: float = 1.0
     warm_lambda: float = 1.0
+    target_guard: float = 1.0
 
     def validate(self) -> "SamplerConfig":
         if self.kind not in SAMPLERS:
@@ -38,6 +41,8 @@ class SamplerConfig:
             raise ValueError(f"sampler temperature must be a positive finite number, got {self.temperature}")
         if not (self.warm_lambda >= 0 and math.isfinite(self.warm_lambda)):
             raise ValueError(f"sampler warm_lambda must be >= 0 and finite, got {self.warm_lambda}")
+        if not (self.target_guard >= 0 and math.isfinite(self.target_guard)):
+            raise ValueError(f"sampler target_guard must be >= 0 and finite, got {self.target_guard}")
         return self
 
     def to_dict(self) -> dict:
@@ -104,12 +109,17 @@ def _candidate_distance(inp: StepInputs, ids: torch.Tensor, goal_local: torch.Te
     return mean_corner_distance(tv.end_corners[inp.type_idx.unsqueeze(-1), ids], goal.unsqueeze(1))
 
 
-def sft_target(inp: StepInputs) -> torch.Tensor:
-    """CAT-K's SFT label: the vocabulary token whose end box is closest to the log; -1 where the log is invalid."""
+def sft_target(inp: StepInputs, guard: float = 0.0) -> torch.Tensor:
+    """CAT-K's SFT label: the vocabulary token whose end box is closest to the log; -1 where the log is invalid and,
+    with `guard` > 0, where the rollout has drifted so far that even that token ends more than `guard` box lengths
+    of the agent's type from the log (its label would teach a snap-back move, not driving)."""
     if inp.log_next is None or inp.log_next_valid is None:
         raise ValueError("CAT-K needs the logged next pose (log_next, log_next_valid)")
-    ids, _ = nearest_tokens(inp.vocab, inp.type_idx, inp.pose, inp.log_next, k=1)
-    return torch.where(inp.log_next_valid, ids[:, 0], torch.full_like(ids[:, 0], -1))
+    ids, dist = nearest_tokens(inp.vocab, inp.type_idx, inp.pose, inp.log_next, k=1)
+    keep = inp.log_next_valid
+    if guard > 0:
+        keep = keep & (dist[:, 0] <= guard * inp.vocab.boxes[inp.type_idx, 0])
+    return torch.where(keep, ids[:, 0], torch.full_like(ids[:, 0], -1))
 
 
 def sample(cfg: SamplerConfig, inp: StepInputs) -> SampleResult:
@@ -126,7 +136,7 @@ def sample(cfg: SamplerConfig, inp: StepInputs) -> SampleResult:
     elif cfg.kind == "topk":
         col, sampler_logp = _categorical(top_logits, inp.uniforms, cfg.temperature)
     elif cfg.kind == "catk":
-        target = sft_target(inp)
+        target = sft_target(inp, cfg.target_guard)
         dist = _candidate_distance(inp, top_ids, relative(inp.pose, inp.log_next))
         closest = dist.masked_fill(~cand_ok, math.inf).argmin(dim=-1)
         col, sampler_logp = torch.where(inp.log_next_valid, closest, first), zeros

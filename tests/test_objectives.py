@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.advantages import fixed_baseline, group_normalized
+from trainer.advantages import fixed_baseline, group_normalized, leave_one_out
 from trainer.algorithms import AlgoConfig, calibrate_alpha, policy_loss, token_advantages
-from trainer.losses import human_nll, kl_k1, kl_k3, mpo_loss, ppo_clip_loss
+from trainer.losses import human_nll, kl_k1, kl_k3, mpo_loss, ppo_clip_loss, sft_loss
 
 LN2 = 0.6931471805599453
 T64 = dict(dtype=torch.float64)
@@ -158,6 +158,27 @@ def test_group_normalized_rollouts():
     _close(group_normalized(torch.tensor([1.0, 2.0, 3.0], **T64), scale=False), [-1.0, 0.0, 1.0])
 
 
+def test_group_normalized_std_floor_keeps_noise_small():
+    noise = torch.tensor([0.500, 0.502, 0.504], **T64)  # std 0.00163: without a floor ±1.22 like a real difference
+    _close(group_normalized(noise, eps=0.0), [-1.22474487, 0.0, 1.22474487])
+    _close(group_normalized(noise, eps=0.0, std_floor=0.05), [-0.04, 0.0, 0.04], 1e-9)
+    _close(group_normalized(torch.tensor([1.0, 2.0, 3.0], **T64), eps=0.0, std_floor=0.05),
+           [-1.22474487, 0.0, 1.22474487])  # a spread above the floor is untouched
+    with pytest.raises(ValueError, match="std_floor"):
+        group_normalized(noise, std_floor=-1.0)
+
+
+def test_leave_one_out_baseline():
+    _close(leave_one_out(torch.tensor([1.0, 2.0, 6.0], **T64)), [1.0 - 4.0, 2.0 - 3.5, 6.0 - 1.5], 1e-12)
+    _close(leave_one_out(torch.tensor([0.7], **T64)), [0.0])
+    with pytest.raises(ValueError, match="finite"):
+        leave_one_out(torch.tensor([1.0, math.nan], **T64))
+    mask = np.ones((3, 2, 4), bool)
+    mpo = AlgoConfig(name="mpo", baseline="loo").validate()
+    adv = token_advantages(mpo, np.array([1.0, 2.0, 6.0]), None, None, mask)
+    _close(adv[:, 1, 3], [-3.0, -1.5, 4.5], 1e-6)  # a scene-level baseline: independent of α
+
+
 def test_group_normalized_zero_spread_and_singletons_give_zero():
     for r in ([5.0, 5.0, 5.0], [0.1, 0.1, 0.1], [0.7]):
         a = group_normalized(torch.tensor(r, **T64), eps=0.0)
@@ -228,15 +249,35 @@ def test_algo_presets_and_validation():
     mpo, grpo, grbo = (AlgoConfig.preset(n).validate() for n in ("mpo", "grpo", "grbo"))
     assert (mpo.alpha, mpo.beta) == (0.77, 0.04)
     assert (grpo.beta, grpo.clip_eps, grpo.human_coef) == (1e-3, 0.2, 0.0)
-    assert (grbo.beta, grbo.human_coef, grbo.advantage) == (0.0, 0.1, "rollout")
+    assert (grbo.beta, grbo.human_coef, grbo.advantage, grbo.std_floor) == (0.01, 0.1, "rollout", 0.05)
+    assert (mpo.baseline, grpo.std_floor) == ("alpha", 0.05)
     bad = [({"name": "ppo"}, "algo.name"), ({"alpha": "mean"}, "algo.alpha"), ({"alpha": math.inf}, "algo.alpha"),
            ({"beta": -1.0}, "algo.beta"), ({"beta": math.nan}, "algo.beta"), ({"clip_eps": 1.0}, "algo.clip_eps"),
            ({"human_coef": -0.1}, "algo.human_coef"), ({"advantage": "token"}, "algo.advantage"),
            ({"name": "grpo", "advantage": "agent"}, "algo.advantage"), ({"name": "mpo", "human_coef": 0.1},
                                                                          "algo.human_coef"),
-           ({"std_eps": 0.0}, "algo.std_eps")]
+           ({"std_eps": 0.0}, "algo.std_eps"), ({"std_floor": -0.1}, "algo.std_floor"),
+           ({"baseline": "critic"}, "algo.baseline")]
     for kwargs, field in bad:
         with pytest.raises(ValueError, match=field):
             AlgoConfig(**kwargs).validate()
     with pytest.raises(ValueError, match="no algorithm preset"):
         AlgoConfig.preset("dpo")
+
+
+def test_sft_loss_smoothing_and_exact_kl():
+    """Hand-computed on a 3-token vocabulary (the third id outside the type's vocabulary)."""
+    p = torch.tensor([[0.7, 0.3, 0.0]], **T64)
+    q = torch.tensor([[0.5, 0.5, 0.0]], **T64)
+    logp, logq = p.log(), q.log()
+    target = logp[:, 0]
+    plain = sft_loss(target, None, None, 0.0, 0.0)
+    _close(plain.loss, -math.log(0.7), 1e-12)
+    smooth = sft_loss(target, logp, None, 0.2, 0.0)  # 0.8·CE + 0.2·mean(−log p) over the 2 real ids
+    _close(smooth.loss, 0.8 * -math.log(0.7) + 0.2 * -(math.log(0.7) + math.log(0.3)) / 2, 1e-12)
+    kl = 0.7 * math.log(0.7 / 0.5) + 0.3 * math.log(0.3 / 0.5)
+    with_kl = sft_loss(target, logp, logq, 0.0, 2.0)
+    _close(with_kl.loss, -math.log(0.7) + 2.0 * kl, 1e-12)
+    assert with_kl.stats["sft_kl"] == pytest.approx(kl, rel=1e-9)
+    with pytest.raises(ValueError, match="reference"):
+        sft_loss(target, logp, None, 0.0, 1.0)

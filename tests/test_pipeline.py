@@ -35,7 +35,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _overrides(data: Path, run_dir: Path) -> list[str]:
-    small = ["pool.num_workers=1", "pool.num_cpus=0.5", "learner.num_cpus=0.5", "scenes_per_iter=1", "group_size=2",
+    small = ["pool.num_workers=1", "pool.num_cpus=0.5", "learner.num_cpus=0.5", "scenes_per_iter=1",
              "checkpoint_every=1", "data.eval_fraction=0.0"]
     stages = {
         "stages": [
@@ -46,7 +46,7 @@ def _overrides(data: Path, run_dir: Path) -> list[str]:
             {"name": "sft", "kind": "sft", "config": str(REPO / "configs/sft_catk_micro.yaml"),
              "overrides": ["max_iters=1", *small]},
             {"name": "grbo", "kind": "rft", "config": str(REPO / "configs/rft_grbo_micro.yaml"),
-             "overrides": ["max_iters=3", "learner.epochs=1", *small]},
+             "overrides": ["max_iters=3", "learner.epochs=1", "group_size=2", *small]},
             {"name": "sft2", "kind": "sft", "config": str(REPO / "configs/sft_catk_micro.yaml"),
              "overrides": ["max_iters=1", *small]},
         ]

@@ -44,7 +44,8 @@ def tv():
 
 def test_config_validation():
     SamplerConfig(kind="warmk", k=4, temperature=0.5, warm_lambda=3.0).validate()
-    for bad in (dict(kind="beam"), dict(k=0), dict(temperature=0.0), dict(warm_lambda=-1.0)):
+    for bad in (dict(kind="beam"), dict(k=0), dict(temperature=0.0), dict(warm_lambda=-1.0),
+                dict(target_guard=-0.5)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SamplerConfig(**bad).validate()
 
@@ -143,6 +144,25 @@ def test_warmk_huge_lambda_is_deterministic_and_picks_the_continuation(tv):
     assert int(out.token[0]) == int(cand[dist.argmin()])
     if 1 + 3 * 5 + 1 in cand.tolist():  # the exact continuation is a candidate: it must be chosen
         assert int(out.token[0]) == 1 + 3 * 5 + 1
+
+
+def test_catk_target_guard_drops_labels_of_drifted_states(tv):
+    """A state whose best token still ends more than `target_guard` box lengths from the log gets no SFT target; a
+    state the vocabulary can reach keeps its target, and the rollout's own choice is unchanged by the guard."""
+    pose = torch.tensor([[0.0, 0.0, 0.0]]).expand(3, 3)
+    reachable = compose(pose[:1], torch.tensor([[1.0, 0.0, 0.0]]))[0]  # 2 m/s straight: token 1 + 5 + 2 ends there
+    log_next = torch.stack([reachable, reachable + torch.tensor([0.0, 3.0, 0.0]),  # 3 m aside: < one 4.8 m length
+                            reachable + torch.tensor([0.0, 12.0, 0.0])])  # 12 m aside: beyond 2 lengths
+    inp = StepInputs(logits=torch.zeros(3, tv.num_tokens), uniforms=torch.zeros(3, dtype=torch.float64), pose=pose,
+                     type_idx=torch.zeros(3, dtype=torch.long), vocab=tv, log_next=log_next,
+                     log_next_valid=torch.tensor([True, True, True]))
+    free = sample(SamplerConfig(kind="catk", k=8, target_guard=0.0), inp)
+    guarded = sample(SamplerConfig(kind="catk", k=8, target_guard=2.0), inp)
+    assert (free.sft_target >= 0).all()
+    assert guarded.sft_target.tolist() == [free.sft_target[0].item(), free.sft_target[1].item(), -1]
+    assert torch.equal(free.token, guarded.token)
+    tight = sample(SamplerConfig(kind="catk", k=8, target_guard=0.5), inp)  # 2.4 m: the 3 m-aside state drifts too
+    assert tight.sft_target.tolist() == [free.sft_target[0].item(), -1, -1]
 
 
 # ------------------------------------------------------------------------------- CAT-K in closed loop (real scene)

@@ -35,9 +35,9 @@ def setup(tmp_path_factory):
     return scene, ckpt, batch
 
 
-def _learner(ckpt, lr: float = 1e-3) -> Learner:
-    cfg = LearnerConfig(epochs=1, minibatch_groups=1, rescore_chunk=2, optim=LearnerOptim(lr=lr))
-    return Learner(ckpt, AlgoConfig(name="sft"), RewardConfig(), cfg)
+def _learner(ckpt, lr: float = 1e-3, algo: AlgoConfig | None = None, **cfg) -> Learner:
+    cfg = LearnerConfig(epochs=1, minibatch_groups=1, rescore_chunk=2, optim=LearnerOptim(lr=lr), **cfg)
+    return Learner(ckpt, algo or AlgoConfig(name="sft", beta=0.0), RewardConfig(), cfg)
 
 
 def test_sft_loss_is_the_cross_entropy_of_the_targets(setup):
@@ -74,3 +74,33 @@ def test_sft_updates_raise_the_target_likelihood(setup):
     assert nll() < before - 0.05
     assert score_group(learner.policy, inputs).logp.shape == batch.logp.shape
 
+
+
+def test_sft_kl_to_the_reference_and_decoder_only_training(setup):
+    """With β > 0 the SFT loss adds the exact KL(π_θ‖π_ref) over the vocabulary: 0 while the policy is the reference,
+    positive once it moved; `trainable: decoder` (CAT-K's fine-tune) leaves the map encoder and embeddings as they were."""
+    scene, ckpt, batch = setup
+    learner = _learner(ckpt, lr=3e-3, algo=AlgoConfig(name="sft", beta=0.5, label_smoothing=0.1),
+                       trainable="decoder")
+    frozen = {n: p.detach().clone() for n, p in learner.policy.named_parameters() if n.split(".")[0] == "map_blocks"}
+    head = learner.policy.head[-1].weight.detach().clone()
+    first = learner.update([batch], [scene])
+    assert first["sft_kl"] == pytest.approx(0.0, abs=1e-7)
+    second = learner.update([dataclasses.replace(batch, policy_version=learner.version)], [scene])
+    assert second["sft_kl"] > 1e-6
+    assert frozen and all(torch.equal(p, frozen[n]) for n, p in learner.policy.named_parameters() if n in frozen)
+    assert not torch.equal(learner.policy.head[-1].weight, head)
+    assert not learner.policy.training  # RL and the behaviour check see the model without dropout
+    noisy = _learner(ckpt, algo=AlgoConfig(name="sft", beta=0.5, dropout=True)).update([batch], [scene])
+    assert noisy["sft_kl"] > 1e-6  # BC's dropout is on in the SFT step: the policy is not the reference there
+
+
+def test_learning_rate_warms_up_then_decays():
+    optim = LearnerOptim(lr=1e-3, schedule="cosine", warmup_iters=2, min_lr_ratio=0.1, horizon_iters=6)
+    lrs = [optim.lr_at(i) for i in range(8)]
+    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert lrs[4] == pytest.approx(1e-4 + 9e-4 * 0.5)  # half way through the decay
+    assert lrs[6] == pytest.approx(1e-4) and lrs[7] == pytest.approx(1e-4)
+    assert LearnerOptim(lr=1e-3, warmup_iters=3).lr_at(10) == 1e-3  # constant after warm-up
+    with pytest.raises(ValueError, match="optim.schedule"):
+        LearnerConfig(optim=LearnerOptim(schedule="step")).validate()

@@ -11,6 +11,7 @@ grow, across stages too: a stage starts at its init checkpoint's `policy_version
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from drivetune.scene import Scene
 from drivetune.tokenizer import tokenize_map, tokenize_scene
 from trainer.algorithms import AlgoConfig, calibrate_alpha, policy_loss, token_advantages
 from trainer.checkpoints import RunDirectory
-from trainer.losses import human_nll
+from trainer.losses import human_nll, sft_loss
 from trainer.objectives import TokenTargets
 from trainer.rescoring import RescoreInputs, RolloutGroup, score_group, score_rows
 from trainer.rewards import RewardConfig, agent_rewards, rollout_rewards
@@ -34,9 +35,28 @@ from trainer.rewards import RewardConfig, agent_rewards, rollout_rewards
 
 @dataclass
 class LearnerOptim:
+    """AdamW and its per-iteration learning-rate schedule: linear warm-up over `warmup_iters`, then constant or a
+    cosine decay to `min_lr_ratio` × lr at `horizon_iters` (0: the run's max_iters, set by the driver)."""
+
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    schedule: str = "constant"  # constant | cosine
+    warmup_iters: int = 0
+    min_lr_ratio: float = 0.1
+    horizon_iters: int = 0
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate of 0-based iteration `iteration`."""
+        if iteration < self.warmup_iters:
+            return self.lr * (iteration + 1) / self.warmup_iters
+        if self.schedule == "constant" or self.horizon_iters <= self.warmup_iters:
+            return self.lr
+        done = min(1.0, (iteration - self.warmup_iters) / (self.horizon_iters - self.warmup_iters))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+TRAINABLE = {"all": None, "decoder": ("time_blocks", "map_agent_blocks", "agent_blocks", "head")}
 
 
 @dataclass
@@ -46,6 +66,7 @@ class LearnerConfig:
     epochs: int = 1
     minibatch_groups: int = 4  # rollout groups per optimizer step
     rescore_chunk: int = 8  # rollouts per forward (memory bound)
+    trainable: str = "all"  # all | decoder (CAT-K's fine-tune: map encoder and embeddings frozen)
     device: str = "cpu"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -56,6 +77,11 @@ class LearnerConfig:
                                ("rescore_chunk", self.rescore_chunk >= 1), ("optim.lr", self.optim.lr > 0),
                                ("optim.weight_decay", self.optim.weight_decay >= 0),
                                ("optim.grad_clip", self.optim.grad_clip > 0),
+                               ("optim.schedule", self.optim.schedule in ("constant", "cosine")),
+                               ("optim.warmup_iters", self.optim.warmup_iters >= 0),
+                               ("optim.min_lr_ratio", 0 <= self.optim.min_lr_ratio <= 1),
+                               ("optim.horizon_iters", self.optim.horizon_iters >= 0),
+                               ("trainable", self.trainable in TRAINABLE),
                                ("num_cpus", self.num_cpus >= 0), ("num_gpus", self.num_gpus >= 0)) if not ok]
         if bad:
             raise ValueError(f"learner config: bad values for {', '.join(bad)} ({self})")
@@ -81,7 +107,10 @@ class Learner:
                                "weights_sha256": meta.get("weights_sha256")}
         self.alpha: float | None = None if algo.alpha == "auto" else float(algo.alpha)
         self.iteration = 0
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr,
+        if TRAINABLE[cfg.trainable] is not None:
+            for name, p in self.policy.named_parameters():
+                p.requires_grad_(name.split(".")[0] in TRAINABLE[cfg.trainable])
+        self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=cfg.optim.lr,
                                            weight_decay=cfg.optim.weight_decay)
         self._behaviour: dict[int, dict[str, np.ndarray]] = {}  # published versions still in flight
         self._publish()
@@ -118,6 +147,9 @@ class Learner:
     def update(self, batches: Sequence[RolloutGroup], scenes: Sequence[Any]) -> dict[str, float]:
         """One RL iteration on rollout groups (`scenes[i]` is the scene of `batches[i]`, or its ObjectRef)."""
         t0 = time.perf_counter()
+        lr = self.cfg.optim.lr_at(self.iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         scenes = [_resolve(s) for s in scenes]
         groups = [self._prepare(s, b) for s, b in zip(scenes, batches)]
         stats = _mean_dicts([g["stats"] for g in groups])
@@ -153,7 +185,7 @@ class Learner:
         if self.algo.name == "mpo":
             stats["alpha"] = float(self.alpha)
         stats.update(policy_version=self.version, policy_version_lag=float(np.mean(lag)), learner_tokens_per_s=n_tokens / seconds,
-                     seconds_update=seconds, groups=len(groups))
+                     seconds_update=seconds, groups=len(groups), lr=lr)
         return stats
 
     @property
@@ -213,10 +245,18 @@ class Learner:
                 m = mask[rows]
                 if not m.any():
                     continue
-                if self.sft:
-                    scores = score_rows(self.policy, inputs, rows, targets=g["target"][rows])
-                    loss = -scores.logp[m].mean()  # cross-entropy on the CAT-K targets
-                    part = {"sft_nll": loss.item()}
+                if self.sft:  # cross-entropy on the CAT-K targets (+ BC's smoothing, + KL to the reference)
+                    full = self.algo.label_smoothing > 0 or self.algo.beta > 0
+                    self.policy.train(self.algo.dropout)
+                    scores = score_rows(self.policy, inputs, rows, targets=g["target"][rows], full=full)
+                    self.policy.eval()
+                    ref = None
+                    if self.algo.beta > 0:
+                        with torch.no_grad():
+                            ref = score_rows(self.reference, inputs, rows, full=True).log_probs[m]
+                    out = sft_loss(scores.logp[m], scores.log_probs[m] if full else None, ref,
+                                   self.algo.label_smoothing, self.algo.beta)
+                    loss, part = out.loss, out.stats
                 else:
                     scores = score_rows(self.policy, inputs, rows)
                     out = policy_loss(self.algo, scores.logp[m], behaviour[rows][m], g["ref_logp"][rows][m],

@@ -112,6 +112,36 @@ def ppo_clip_loss(
     return LossOutput(loss, stats)
 
 
+def sft_loss(target_logp: Tensor, log_probs: Tensor | None, ref_log_probs: Tensor | None, label_smoothing: float,
+             beta: float) -> LossOutput:
+    """CAT-K SFT: token-mean of (1−s)·(−log π_θ(target)) + s·(−mean over the type's ids of log π_θ) + β·KL(π_θ‖π_ref).
+
+    target_logp [N]; log_probs / ref_log_probs [N, V] full log-probabilities (−inf outside the type's vocabulary),
+    needed when s > 0 / β > 0. The KL is exact over the vocabulary (CAT-K's tokens are not samples of π_θ, so the
+    sampled k3 estimator of RL does not apply); the reference is the stage's initial policy, e.g. RL's final one."""
+    n = _check(target_logp=target_logp)
+    _check_coef("beta", beta)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if n == 0:
+        return LossOutput(target_logp.sum() * 0.0, {"sft_nll": 0.0, "sft_kl": 0.0})
+    nll = -target_logp
+    loss = nll.mean()
+    stats = {"sft_nll": float(nll.detach().mean())}
+    real = None if log_probs is None else torch.isfinite(log_probs)
+    if label_smoothing > 0:
+        uniform = -log_probs.masked_fill(~real, 0.0).sum(-1) / real.sum(-1)
+        loss = (1 - label_smoothing) * loss + label_smoothing * uniform.mean()
+    kl = torch.zeros(())
+    if beta > 0:
+        if ref_log_probs is None:
+            raise ValueError("an SFT KL (beta > 0) needs the reference's log-probabilities")
+        kl = (log_probs.exp() * (log_probs - ref_log_probs).masked_fill(~real, 0.0)).sum(-1).mean()
+        loss = loss + beta * kl
+    stats["sft_kl"] = float(kl.detach())
+    return LossOutput(loss, stats)
+
+
 def human_nll(logged_logp: Tensor) -> Tensor:
     """Mean negative log-likelihood of the logged (human) tokens: [M] log-probs under π_θ -> scalar (0 if M = 0)."""
     if logged_logp.dim() != 1:

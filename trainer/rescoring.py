@@ -46,10 +46,12 @@ class RolloutGroup(Protocol):
 
 @dataclass
 class TokenScores:
-    """Per-token outputs of one chunk of rollouts: log-prob of the taken token and the policy's entropy [g, A, 16]."""
+    """Per-token outputs of one chunk of rollouts: log-prob of the taken token and the policy's entropy [g, A, 16];
+    on request the full log-probabilities [g, A, 16, V]."""
 
     logp: torch.Tensor
     entropy: torch.Tensor
+    log_probs: torch.Tensor | None = None
 
 
 @dataclass
@@ -109,7 +111,7 @@ class RescoreInputs:
 
 
 def score_rows(model: BehaviorModel, inputs: RescoreInputs, rows: torch.Tensor,
-               targets: torch.Tensor | None = None) -> TokenScores:
+               targets: torch.Tensor | None = None, full: bool = False) -> TokenScores:
     """Log-probs and entropies [g, A, 16] of the given rollouts' tokens (or of other `targets` [g, A, 16] in the same
     context, e.g. CAT-K's SFT targets; negative ids score 0) under `model`; gradients flow if enabled. The caller sets
     the model's mode; RL keeps it in eval mode (no dropout)."""
@@ -122,7 +124,7 @@ def score_rows(model: BehaviorModel, inputs: RescoreInputs, rows: torch.Tensor,
         logp = logp.masked_fill(targets < 0, 0.0)
     probs = logp_all.exp()
     entropy = -(probs * torch.where(probs > 0, logp_all, torch.zeros_like(logp_all))).sum(-1)
-    return TokenScores(logp=logp, entropy=entropy)
+    return TokenScores(logp=logp, entropy=entropy, log_probs=logp_all if full else None)
 
 
 @torch.no_grad()
