@@ -34,6 +34,8 @@ class StageConfig:
     kind: str = ""  # pretrain | sft | rft
     config: str = ""  # the stage's own YAML (e.g. configs/rft_grbo_micro.yaml)
     overrides: list[str] = field(default_factory=list)  # dotted key=value, applied after the pipeline's own
+    optimizer: str = "fresh"  # fresh: a new AdamW | carry: the previous stage's AdamW moments (sft / rft stages);
+    # the learning-rate schedule is always the stage's own (its config's learner.optim)
 
 
 @dataclass
@@ -55,6 +57,9 @@ class PipelineConfig:
                 raise ConfigError(f"pipeline: stage {s.name!r} kind {s.kind!r} unknown (choose from {KINDS})")
             if not Path(s.config).is_file():
                 raise ConfigError(f"pipeline: stage {s.name!r} config {s.config!r} not found")
+            if s.optimizer not in ("fresh", "carry") or (s.optimizer == "carry" and s.kind == "pretrain"):
+                raise ConfigError(f"pipeline: stage {s.name!r} optimizer {s.optimizer!r}: fresh, or carry for an sft "
+                                  "/ rft stage")
             if s.kind == "pretrain" and i > 0:
                 raise ConfigError(f"pipeline: pretrain must be the first stage (stage {i} is {s.name!r})")
         if self.stages[0].kind != "pretrain" and not self.init:
@@ -98,7 +103,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> list[dict[str, A
             finally:  # Ray Train installs its own SIGINT handler and leaves it: Ctrl-C must stop later stages too
                 signal.signal(signal.SIGINT, handler)
         else:
-            rft = load_config(RFTConfig, stage.config, common + [f"init={init}", f"stage={stage.name}",
+            carry = f"learner.carry_optimizer={str(stage.optimizer == 'carry').lower()}"
+            rft = load_config(RFTConfig, stage.config, common + [f"init={init}", f"stage={stage.name}", carry,
                                                                   *stage.overrides])
             if (rft.algo.name == "sft") != (stage.kind == "sft"):
                 raise ConfigError(f"pipeline: stage {stage.name!r} is {stage.kind} but {stage.config} has "
@@ -106,7 +112,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> list[dict[str, A
             train(rft, progress=progress)
         final = resolve_checkpoint(directory)
         meta = read_meta(final)
-        record = {"index": i, "name": stage.name, "kind": stage.kind, "checkpoint": str(final), "init": init or None,
+        record = {"index": i, "name": stage.name, "kind": stage.kind, "optimizer": stage.optimizer,
+                  "checkpoint": str(final), "init": init or None,
                   "reference": meta.get("reference"), "policy_version": int(meta.get("policy_version", 0)),
                   "weights_sha256": meta.get("weights_sha256")}
         atomic_write_bytes(directory / STAGE_RECORD, [json.dumps(record, indent=1).encode()])

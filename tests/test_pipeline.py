@@ -111,3 +111,8 @@ def test_pipeline_config_errors(data, tmp_path):
         load('stages=[{name: a, kind: sft, config: configs/sft_catk_micro.yaml}]')
     with pytest.raises(ConfigError, match="unknown keys"):
         load("stages=[{name: a, kind: sft, config: configs/sft_catk_micro.yaml, epochs: 3}]", "init=x")
+    assert load().stages[1].optimizer == "fresh"  # a stage says whether it carries the previous AdamW moments
+    with pytest.raises(ConfigError, match="optimizer 'keep'"):
+        load("stages=[{name: a, kind: sft, config: configs/sft_catk_micro.yaml, optimizer: keep}]", "init=x")
+    with pytest.raises(ConfigError, match="optimizer 'carry'"):
+        load("stages=[{name: a, kind: pretrain, config: configs/pretrain_micro.yaml, optimizer: carry}]")

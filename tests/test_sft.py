@@ -104,3 +104,21 @@ def test_learning_rate_warms_up_then_decays():
     assert LearnerOptim(lr=1e-3, warmup_iters=3).lr_at(10) == 1e-3  # constant after warm-up
     with pytest.raises(ValueError, match="optim.schedule"):
         LearnerConfig(optim=LearnerOptim(schedule="step")).validate()
+
+
+def test_carry_optimizer_starts_from_the_previous_stage_moments(setup, tmp_path):
+    scene, ckpt, batch = setup
+    first = _learner(ckpt)
+    first.update([batch], [scene])
+    saved = first.save(str(tmp_path / "stage1"), "sft")
+    carried = _learner(saved, lr=5e-4, carry_optimizer=True)
+    fresh = _learner(saved)
+    moments = [s["exp_avg"] for s in first.optimizer.state_dict()["state"].values()]
+    got = [s["exp_avg"] for s in carried.optimizer.state_dict()["state"].values()]
+    assert len(got) == len(moments) and all(torch.equal(a, b) for a, b in zip(got, moments))
+    assert carried.optimizer.param_groups[0]["lr"] == 5e-4  # the stage's own learning rate
+    assert not fresh.optimizer.state_dict()["state"]
+    with pytest.raises(ValueError, match="does not fit"):  # the moments of all parameters, for the decoder only
+        _learner(saved, carry_optimizer=True, trainable="decoder")
+    with pytest.raises(Exception, match="not a resumable training checkpoint"):  # a BC export has no optimizer
+        _learner(ckpt, carry_optimizer=True)

@@ -67,6 +67,7 @@ class LearnerConfig:
     minibatch_groups: int = 4  # rollout groups per optimizer step
     rescore_chunk: int = 8  # rollouts per forward (memory bound)
     trainable: str = "all"  # all | decoder (CAT-K's fine-tune: map encoder and embeddings frozen)
+    carry_optimizer: bool = False  # start from the init checkpoint's AdamW moments (a pipeline stage's `optimizer: carry`)
     device: str = "cpu"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -112,6 +113,14 @@ class Learner:
                 p.requires_grad_(name.split(".")[0] in TRAINABLE[cfg.trainable])
         self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=cfg.optim.lr,
                                            weight_decay=cfg.optim.weight_decay)
+        if cfg.carry_optimizer:  # the previous stage's moments; the learning rate and schedule are this stage's
+            try:
+                self.optimizer.load_state_dict(RunDirectory.load_trainer_state(self.init_path)["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"{self.init_path}: its optimizer state does not fit this stage's trainable "
+                                 f"parameters ({exc})") from None
+            for group in self.optimizer.param_groups:
+                group.update(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self._behaviour: dict[int, dict[str, np.ndarray]] = {}  # published versions still in flight
         self._publish()
 
