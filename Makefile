@@ -35,7 +35,7 @@ prometheus:
 results: $(STAMP)
 	bash bench/results.sh
 
-# The shipped base checkpoint base/micro (BC on 1,000 synthetic scenes, 250 steps: about 1 h on a busy 2-core machine; resumable)
+# The shipped base checkpoint base/micro (BC on 1,000 synthetic scenes, 600 steps: about 1.5 h on a busy 2-core machine; resumable)
 base: $(STAMP)
 	bash scripts/base.sh
 

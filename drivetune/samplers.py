@@ -122,6 +122,15 @@ def sft_target(inp: StepInputs, guard: float = 0.0) -> torch.Tensor:
     return torch.where(keep, ids[:, 0], torch.full_like(ids[:, 0], -1))
 
 
+def candidate_log_probs(logits: torch.Tensor, candidates: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log q over a top-K sampler's candidate set: q = softmax(ℓ/τ) restricted to `candidates` [..., K] (ids; the
+    sampler's `topk`) for logits [..., V]; returns [..., K]. With the logits that sampled, this is the distribution
+    top-K drew from (its `sampler_logp`); with another policy's logits, that policy's distribution on the same set
+    (the ratio and gradient of RL on the sampler's own distribution)."""
+    scores = logits.gather(-1, candidates) / temperature
+    return torch.log_softmax(scores, dim=-1)
+
+
 def sample(cfg: SamplerConfig, inp: StepInputs) -> SampleResult:
     """Choose one token per row with the configured sampler."""
     logits = inp.logits.float()

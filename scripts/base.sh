@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make base`: remake the shipped base checkpoint (base/micro): BC pretraining of the v2 `micro` model on 1,000
 # synthetic scenes (seed 7; the demo's 200 are the first 200 of them) until held-out NLL stops improving or the run
-# ends (configs/pretrain_base.yaml: 250 steps of 8 scenes). Resumable: a rerun continues the run in
+# ends (configs/pretrain_base.yaml: 600 steps of 8 scenes). Resumable: a rerun continues the run in
 # runs/base/. The checkpoint with the lowest held-out NLL is copied to base/micro with its lineage and weights hash.
 set -euo pipefail
 

@@ -10,7 +10,7 @@ import torch
 
 from drivetune.closed_loop import sim_agents, simulate
 from drivetune.model import BehaviorModel, ModelConfig
-from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_uniforms, sample
+from drivetune.samplers import SamplerConfig, StepInputs, candidate_log_probs, rollout_seed, rollout_uniforms, sample
 from drivetune.tokenizer import MotionVocab, build_vocab, tokenize_scene
 from drivetune.tokenizer.layout import box_corners, compose, mean_corner_distance, relative
 from drivetune.tokenizer.matching import boundary_poses
@@ -200,3 +200,18 @@ def test_catk_small_k_stays_in_policy_top_k(real):
     chosen = out.tokens[0][..., None]
     assert (out.topk[0] == chosen).any(-1).all()
     assert out.topk.shape[-1] == 3
+
+
+def test_candidate_log_probs_are_the_distribution_topk_draws_from(tv):
+    """The restricted softmax over the sampler's own candidate set gives back the sampled token's `sampler_logp`."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, tv.num_tokens, generator=gen)
+    uniforms = torch.rand(64, generator=gen, dtype=torch.float64)
+    inp = step_inputs(tv, 64, logits, uniforms, torch.tensor([[2.0, -2.0, 0.3]]))
+    for temperature in (1.0, 0.7):
+        res = sample(SamplerConfig(kind="topk", k=5, temperature=temperature), inp)
+        logq = candidate_log_probs(logits, res.topk, temperature)
+        col = (res.topk == res.token[:, None]).float().argmax(-1)
+        assert torch.allclose(logq.gather(-1, col[:, None])[:, 0], res.sampler_logp, atol=1e-6)
+        assert torch.allclose(logq.exp().sum(-1), torch.ones(64), atol=1e-6)
+        assert not torch.allclose(res.sampler_logp, res.logp, atol=1e-3)  # not the full softmax
