@@ -97,10 +97,9 @@ def test_sft_kl_to_the_reference_and_decoder_only_training(setup):
 
 def test_learning_rate_warms_up_then_decays():
     optim = LearnerOptim(lr=1e-3, schedule="cosine", warmup_iters=2, min_lr_ratio=0.1, horizon_iters=6)
-    lrs = [optim.lr_at(i) for i in range(8)]
-    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
-    assert lrs[4] == pytest.approx(1e-4 + 9e-4 * 0.5)  # half way through the decay
-    assert lrs[6] == pytest.approx(1e-4) and lrs[7] == pytest.approx(1e-4)
+    assert [optim.lr_at(p) for p in (0.25, 1.0, 2.0)] == pytest.approx([1.25e-4, 5e-4, 1e-3])  # per optimizer step
+    assert optim.lr_at(4.0) == pytest.approx(1e-4 + 9e-4 * 0.5)  # half way through the decay
+    assert optim.lr_at(6.0) == pytest.approx(1e-4) and optim.lr_at(7.0) == pytest.approx(1e-4)
     assert LearnerOptim(lr=1e-3, warmup_iters=3).lr_at(10) == 1e-3  # constant after warm-up
     with pytest.raises(ValueError, match="optim.schedule"):
         LearnerConfig(optim=LearnerOptim(schedule="step")).validate()

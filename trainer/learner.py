@@ -46,13 +46,14 @@ class LearnerOptim:
     min_lr_ratio: float = 0.1
     horizon_iters: int = 0
 
-    def lr_at(self, iteration: int) -> float:
-        """The learning rate of 0-based iteration `iteration`."""
-        if iteration < self.warmup_iters:
-            return self.lr * (iteration + 1) / self.warmup_iters
+    def lr_at(self, progress: float) -> float:
+        """The learning rate of the optimizer step that ends at `progress` iterations (fractional: the learner
+        steps it through each iteration's minibatches)."""
+        if progress < self.warmup_iters:
+            return self.lr * progress / self.warmup_iters
         if self.schedule == "constant" or self.horizon_iters <= self.warmup_iters:
             return self.lr
-        done = min(1.0, (iteration - self.warmup_iters) / (self.horizon_iters - self.warmup_iters))
+        done = min(1.0, (progress - self.warmup_iters) / (self.horizon_iters - self.warmup_iters))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
 
 
@@ -156,9 +157,6 @@ class Learner:
     def update(self, batches: Sequence[RolloutGroup], scenes: Sequence[Any]) -> dict[str, float]:
         """One RL iteration on rollout groups (`scenes[i]` is the scene of `batches[i]`, or its ObjectRef)."""
         t0 = time.perf_counter()
-        lr = self.cfg.optim.lr_at(self.iteration)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         scenes = [_resolve(s) for s in scenes]
         groups = [self._prepare(s, b) for s, b in zip(scenes, batches)]
         stats = _mean_dicts([g["stats"] for g in groups])
@@ -175,10 +173,14 @@ class Learner:
         stats.update(self._reference_pass(groups))
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.iteration)  # resumable minibatch order
         n_tokens, steps = 0, []
+        n_steps = self.cfg.epochs * math.ceil(len(groups) / self.cfg.minibatch_groups)
         for _ in range(self.cfg.epochs):
             order = torch.randperm(len(groups), generator=gen).tolist()
             for lo in range(0, len(order), self.cfg.minibatch_groups):
                 mb = [groups[i] for i in order[lo : lo + self.cfg.minibatch_groups]]
+                lr = self.cfg.optim.lr_at(self.iteration + (len(steps) + 1) / n_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
                 steps.append(self._step(mb))
                 n_tokens += int(sum(g["mask"].sum() for g in mb))
         stats.update(_mean_dicts(steps))
