@@ -52,10 +52,10 @@ def last_eval(run_dir: Path) -> dict:
     return next(r for r in reversed(rows) if "eval_loss" in r)
 
 
-def measure(version: str, tree: Path, seed: int, args: argparse.Namespace) -> dict:
+def measure(version: str, tree: Path, seed: int, args: argparse.Namespace, overrides: tuple[str, ...] = ()) -> dict:
     run_dir = (args.out / f"{version}_s{seed}").resolve()
     t0 = time.perf_counter()
-    cli(tree, "train", "pretrain", "--config", "configs/pretrain_micro.yaml", f"run_dir={run_dir}",
+    cli(tree, "train", "pretrain", "--config", "configs/pretrain_micro.yaml", *overrides, f"run_dir={run_dir}",
         f"data.shards={args.shards.resolve()}", f"data.vocab={args.vocab.resolve()}", f"max_steps={args.steps}",
         f"seed={seed}", f"eval_scenes={args.eval_scenes}", "eval_every=0", f"checkpoint_every={args.steps}")
     train_s = time.perf_counter() - t0
@@ -102,6 +102,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval-scenes", type=int, default=64, help="held-out split scenes for NLL / accuracy")
     p.add_argument("--v1-rev", default="b606c69", help="the commit before model v2")
+    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
+                   help='another v2 row: a name and its pretrain overrides, e.g. v2-noreg '
+                        '"optim.label_smoothing=0 model.hist_drop=0"')
     p.add_argument("--out", type=Path, default=Path("runs/bench_v2"))
     args = p.parse_args()
     from drivetune.womd import load_scene
@@ -109,13 +112,15 @@ def main() -> int:
     args.real_ids = {load_scene(p).scenario_id for p in REAL if p.is_file()}
     args.out.mkdir(parents=True, exist_ok=True)
     trees = {"v1": extract(args.v1_rev, args.out / "v1_tree"), "v2": REPO}
+    trees.update({name: REPO for name, _ in args.variant})
+    extra = {name: tuple(overrides.split()) for name, overrides in args.variant}
     rows_file = args.out / "rows.json"
     rows = json.loads(rows_file.read_text()) if rows_file.exists() else []
     for seed in args.seeds:
         for version, tree in trees.items():
             if any(r["seed"] == seed and r["version"] == version for r in rows):
                 continue
-            rows.append(measure(version, tree, seed, args))
+            rows.append(measure(version, tree, seed, args, extra.get(version, ())))
             atomic_write_bytes(rows_file, [json.dumps(rows, indent=1).encode()])
             print(json.dumps(rows[-1]), flush=True)
     print(render(rows))

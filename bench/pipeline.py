@@ -39,6 +39,7 @@ REAL = [REPO.parent / "shared/data/womd/motion_data_one_scenario.tfrecord",
 STAGE_CONFIGS = {"sft": "sft_catk_micro", "mpo": "rft_mpo_micro", "grbo": "rft_grbo_micro"}
 RECIPES = {"BC": (), "SFT": ("sft",), "SFT→SFT": ("sft", "sft"), "SFT→MPO": ("sft", "mpo"),
            "SFT→GRBO": ("sft", "grbo"), "SFT→GRBO→SFT": ("sft", "grbo", "sft"), "SFT→MPO→SFT": ("sft", "mpo", "sft")}
+FINAL_SFT = ["algo.beta=8"]  # an SFT stage after RL keeps RL's gains: exact KL to the RL policy (configs/pipeline_micro.yaml)
 TRAIN_ORDER = ["BC", "SFT", "SFT→MPO", "SFT→MPO→SFT", "SFT→SFT", "SFT→GRBO", "SFT→GRBO→SFT"]  # riskiest first
 FIELDS = {"meta": "metametric", "collision": "simulated_collision_rate", "offroad": "simulated_offroad_rate",
           "red light": "simulated_traffic_light_violation_rate", "minADE": "min_average_displacement_error"}
@@ -52,10 +53,11 @@ def train_recipe(stages: tuple[str, ...], args: argparse.Namespace, seed: int, c
         if key not in cache:
             run_dir = Path(args.out) / f"s{seed}" / "-".join(stages[: i + 1])
             iters = args.sft_iters if stages[i] == "sft" else args.rl_iters
+            after_rl = stages[i] == "sft" and i > 0 and stages[i - 1] != "sft"
             cfg = load_config(RFTConfig, REPO / "configs" / f"{STAGE_CONFIGS[stages[i]]}.yaml",
                               [f"init={ckpt}", f"run_dir={run_dir}", f"data.shards={args.shards}", f"seed={seed}",
                                f"max_iters={iters}", f"stage={stages[i]}", "pool.num_workers=1", "pool.num_cpus=1",
-                               "learner.num_cpus=1"])
+                               "learner.num_cpus=1", *(FINAL_SFT if after_rl else [])])
             train(cfg, progress=False)
             cache[key] = str(resolve_checkpoint(run_dir))
         ckpt = cache[key]

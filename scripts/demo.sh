@@ -34,7 +34,7 @@ echo "== 4. train pipeline from the base: CAT-K closed-loop SFT -> GRBO ($RL_ITE
   init="$BASE" \
   "stages=[{name: sft, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4]},
            {name: grbo, kind: rft, config: configs/rft_grbo_micro.yaml, overrides: [max_iters=$RL_ITERS]},
-           {name: sft2, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4]}]"
+           {name: sft2, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4, algo.beta=8]}]"
 "$DT" lineage "$OUT/pipeline"
 "$DT" plot "$OUT/pipeline/01-grbo" --out "$OUT/grbo_curves.png"
 
