@@ -16,17 +16,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from drivetune.engine import NUM_LOG_TOKENS, Engine, Session, SessionSpec, StepRecord, sim_agents
+from drivetune.engine import NUM_FUTURE_TOKENS, Engine, Session, SessionSpec, StepRecord, sim_agents
 from drivetune.model import BehaviorModel
 from drivetune.realism.batch import Rollouts
+from drivetune.rollout_config import SDC_MODES
 from drivetune.samplers import SamplerConfig, rollout_seed
 from drivetune.scene import HEADING, NUM_FUTURE_STEPS, X, Y, Scene
 from drivetune.tokenizer import TOKEN_STEPS, TorchVocab
 
 __all__ = ["NUM_FUTURE_TOKENS", "SDC_MODES", "SceneRollouts", "sim_agents", "simulate"]
-
-NUM_FUTURE_TOKENS = NUM_LOG_TOKENS  # 16
-SDC_MODES = ("policy", "log", "external")
 
 
 @dataclass

@@ -33,8 +33,8 @@ from drivetune.tokenizer import TOKEN_STEPS, TorchVocab, nearest_tokens, token_s
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY, NUM_BOUNDARIES, type_index
 from drivetune.tokenizer.matching import boundary_poses
 
-NUM_LOG_TOKENS = NUM_BOUNDARIES - 1 - CURRENT_BOUNDARY  # 16 logged future intervals (8 s)
-_UNIFORM_CHUNK = NUM_LOG_TOKENS  # random numbers are drawn 16 steps at a time (the same stream as rollout_uniforms)
+NUM_FUTURE_TOKENS = NUM_BOUNDARIES - 1 - CURRENT_BOUNDARY  # 16 logged future intervals (8 s)
+_UNIFORM_CHUNK = NUM_FUTURE_TOKENS  # random numbers are drawn 16 steps at a time (the same stream as rollout_uniforms)
 _FILL = {"sft": -1}  # padding value of per-row tensors (default 0)
 
 

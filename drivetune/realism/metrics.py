@@ -33,6 +33,15 @@ METRIC_FIELDS = (
 )
 
 
+# The headline fields of every results table, chart and log (meta, the buckets, event rates, minADE) and their short
+# labels; the other official fields follow them in full reports.
+HEADLINE_METRICS: dict[str, str] = {
+    "metametric": "meta", "kinematic_metrics": "kinematic", "interactive_metrics": "interactive",
+    "map_based_metrics": "map", "simulated_collision_rate": "collision", "simulated_offroad_rate": "offroad",
+    "simulated_traffic_light_violation_rate": "red light", "min_average_displacement_error": "minADE",
+}
+
+
 @dataclass
 class Terms:
     """Everything the likelihoods need, per feature: per-rollout counts, logged bins and the scoring mask."""

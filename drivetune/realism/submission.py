@@ -17,16 +17,13 @@ from typing import Iterable
 import numpy as np
 from waymo_open_dataset.protos import sim_agents_submission_pb2 as sub_pb2
 
+from drivetune.errors import SubmissionError
 from drivetune.realism.batch import ROLLOUT_FIELDS, RolloutError, Rollouts
 from drivetune.scene import NUM_FUTURE_STEPS, Scene
 from drivetune.atomic import atomic_write_bytes
 
 NUM_ROLLOUTS = 32
 _PROTO_FIELDS = ("center_x", "center_y", "center_z", "heading")
-
-
-class SubmissionError(ValueError):
-    """A submission that breaks the challenge rules or cannot be read."""
 
 
 def to_scenario_rollouts(scenario_id: str, rollouts: Rollouts) -> sub_pb2.ScenarioRollouts:
