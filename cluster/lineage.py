@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cluster.pipeline import read_stage_record
 from drivetune.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 
 
@@ -20,8 +21,6 @@ def _row(stage: str, checkpoint: Path, status: str) -> dict[str, Any]:
 
 def lineage(run_dir: str | Path) -> list[dict[str, Any]]:
     """One row per stage directory (`NN-name`, in order) or, for a single run directory, one row for it."""
-    from cluster.pipeline import read_stage_record
-
     root = Path(run_dir)
     stages = sorted(p for p in root.iterdir() if p.is_dir() and p.name[:2].isdigit() and p.name[2:3] == "-") \
         if root.is_dir() else []

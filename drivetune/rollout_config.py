@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass
 
 SAMPLERS = ("topk", "catk", "warmk", "greedy")
+WOSAC_ROLLOUTS = 32  # the challenge's rollouts per scenario; scores from another count are not comparable
 # Who drives the SDC: the policy, a replay of its log, or the service's caller (`external`, serving only).
 SDC_MODES = ("policy", "log", "external")
 SDC_MODES_OFFLINE = ("policy", "log")  # the modes of a run without a caller (simulate, eval, training)

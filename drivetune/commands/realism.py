@@ -15,8 +15,7 @@ from typing import Any
 
 from drivetune.commands.common import add_scenes_argument, check_device
 from drivetune.errors import RolloutError
-
-WOSAC_ROLLOUTS = 32  # the challenge's rollouts per scenario; scores from another count are not comparable
+from drivetune.rollout_config import WOSAC_ROLLOUTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

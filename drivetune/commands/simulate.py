@@ -23,7 +23,7 @@ from drivetune.commands.common import add_scenes_argument, check_device
 from drivetune.errors import InputError
 from drivetune.progress import progress
 from drivetune.render import render_scene
-from drivetune.rollout_config import SAMPLERS, SDC_MODES_OFFLINE, SamplerConfig
+from drivetune.rollout_config import SAMPLERS, SDC_MODES_OFFLINE, WOSAC_ROLLOUTS, SamplerConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scenes_argument(parser)
@@ -85,8 +85,8 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--rollouts and --batch-scenes must be >= 1 (got {args.rollouts}, {args.batch_scenes})")
     if args.max_scenes is not None and args.max_scenes < 1:
         raise InputError(f"--max-scenes must be >= 1, got {args.max_scenes}")
-    if args.submission and args.rollouts != 32:
-        raise InputError(f"an official submission needs 32 rollouts per scene, got --rollouts {args.rollouts}")
+    if args.submission and args.rollouts != WOSAC_ROLLOUTS:
+        raise InputError(f"an official submission needs {WOSAC_ROLLOUTS} rollouts per scene, got --rollouts {args.rollouts}")
     if args.submission_shards < 1:
         raise InputError(f"--submission-shards must be >= 1, got {args.submission_shards}")
     out = Path(args.out)

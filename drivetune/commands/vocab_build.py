@@ -9,13 +9,7 @@ import logging
 
 from drivetune.commands.common import add_scenes_argument
 from drivetune.errors import InputError
-
-# The library defaults of drivetune.tokenizer.kdisks, spelled here so `--help` needs no torch
-# (tests/integration/test_cli_errors.py checks they agree).
-DEFAULT_SIZES = (2048, 1024, 1024)
-DEFAULT_TOLERANCES = (0.05, 0.05, 0.05)
-DEFAULT_MAX_SEGMENTS = 100_000
-DEFAULT_COVERAGE = 0.98
+from drivetune.vocab_defaults import DEFAULT_COVERAGE, DEFAULT_MAX_SEGMENTS, DEFAULT_SIZES, DEFAULT_TOLERANCES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from drivetune.realism.batch import Batch, Rollouts, build_batch
-from drivetune.realism.config import BUCKETS, FEATURE_NAMES, MetricConfig, get_config
+from drivetune.realism.challenge import BUCKETS, FEATURE_NAMES, MetricConfig, get_config
 from drivetune.realism.features import (displacement_error, distance_to_nearest_object, kinematic_validity,
                                         kinematics, time_to_collision)
 from drivetune.realism.likelihood import bin_index, log_prob, masked_mean_exp, rollout_counts

@@ -289,15 +289,6 @@ def test_help_is_fast_no_torch_before_parsing():
     assert out.stdout.strip() == "[]"
 
 
-def test_spelled_out_defaults_match_the_library():
-    from drivetune.commands import vocab_build as vocab_cmd
-    from drivetune.tokenizer import kdisks
-
-    assert (vocab_cmd.DEFAULT_SIZES, vocab_cmd.DEFAULT_TOLERANCES, vocab_cmd.DEFAULT_MAX_SEGMENTS,
-            vocab_cmd.DEFAULT_COVERAGE) == (kdisks.DEFAULT_SIZES, kdisks.DEFAULT_TOLERANCES,
-                                            kdisks.DEFAULT_MAX_SEGMENTS, kdisks.DEFAULT_COVERAGE)
-
-
 def test_progress_lines_without_carriage_returns(tmp_path):
     out = _cli("synth", "--num-scenes", "2", "--scenes-per-file", "1", "--out", str(tmp_path / "s"))
     assert out.returncode == 0 and "\r" not in out.stderr

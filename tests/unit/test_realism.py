@@ -10,7 +10,7 @@ import torch
 
 from drivetune.cli import main as cli_main
 from drivetune.realism import CONFIG_2024, RolloutError, Rollouts, realism_metrics
-from drivetune.realism.config import FEATURE_NAMES
+from drivetune.realism.challenge import FEATURE_NAMES
 from drivetune.realism.metrics import METRIC_FIELDS
 from drivetune.realism.rewards import rollout_rewards
 from drivetune.realism.submission import (SubmissionError, read_submission, to_scenario_rollouts,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from drivetune.closed_loop import sim_agents, simulate
+from drivetune.closed_loop import simulate
+from drivetune.model.batch import select_agents
 from drivetune.model import BehaviorModel, ModelConfig
 from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_uniforms, sample
 from drivetune.tokenizer import MotionVocab, build_vocab, tokenize_scene
@@ -158,7 +159,7 @@ def test_catk_full_vocabulary_tracks_the_log(real):
     scene, vocab, model = real
     tv = vocab.to_torch()
     out = simulate(model, tv, [scene], 2, SamplerConfig(kind="catk", k=vocab.num_tokens))[0]
-    agents = sim_agents(scene)
+    agents = select_agents(scene)
     log, avail = boundary_poses(scene)
     log, avail = log[agents, 3:], avail[agents, 3:]
     full = avail.all(axis=1)  # agents logged over the whole future: CAT-K never falls back to greedy

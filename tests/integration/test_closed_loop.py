@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from drivetune.closed_loop import sim_agents, simulate
+from drivetune.closed_loop import simulate
+from drivetune.model.batch import select_agents
 from drivetune.model import BehaviorModel, ModelConfig
 from drivetune.samplers import SamplerConfig
 from drivetune.scene import HEADING, X, Y, Z
@@ -28,7 +29,7 @@ def test_output_format(setup):
     scenes, tv, model = setup
     outs = simulate(model, tv, scenes, 3, SamplerConfig(kind="warmk", k=8, warm_lambda=2.0), return_topk=True)
     for scene, out in zip(scenes, outs):
-        agents = sim_agents(scene)
+        agents = select_agents(scene)
         A, cur = len(agents), scene.current_time_index
         assert out.scenario_id == scene.scenario_id
         assert np.array_equal(out.object_ids, scene.track_ids[scene.valid[:, cur]])
@@ -125,7 +126,7 @@ def test_simulate_cli(setup, womd_637, tmp_path, capsys):
     table = capsys.readouterr().out
     assert scenes[0].scenario_id in table and "meta" in table
     ro = Rollouts.load(out / "rollouts" / f"{scenes[0].scenario_id}.npz")
-    assert ro.x.shape == (2, len(sim_agents(scenes[0])), 80)
+    assert ro.x.shape == (2, len(select_agents(scenes[0])), 80)
     ro.validate(scenes[0])
     assert (out / "render" / f"{scenes[0].scenario_id}.png").stat().st_size > 0
     assert main(args) == 0  # same seed, same checkpoint: the same rollouts
