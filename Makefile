@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv clean results base prometheus
+.PHONY: demo test test-fast venv clean results base prometheus
 
 venv: $(STAMP)
 
@@ -26,7 +26,11 @@ demo: $(STAMP)
 test: $(STAMP) prometheus
 	$(BIN)/python -m pytest -q tests
 
-# The Prometheus server tests/test_prometheus.py scrapes with (Debian's package; CI runs as root on a fresh machine).
+# The fast loop while you work: tests/unit only (no Ray, no subprocess; about 2 minutes on 2 cores).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+# The Prometheus server tests/integration/test_prometheus.py scrapes with (Debian's package; CI runs as root on a fresh machine).
 prometheus:
 	command -v prometheus >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -q --no-install-recommends prometheus; }

@@ -5,7 +5,7 @@ synchronisation inside the step loop. `bench/device_check.sh` runs it (then benc
     python bench/device_check.py --json OUT/identity.json   # on the device (no ray, no WOMD protos needed)
 
 Identity: `simulate` on cuda vs cpu, same weights, seeds and uniforms, `micro` model (float32, TF32 off):
-  - the test setting of tests/test_engine_speed.py (3 rollouts, k=8, the 65-token test vocabulary; topk / catk /
+  - the test setting of tests/integration/test_engine_speed.py (3 rollouts, k=8, the 65-token test vocabulary; topk / catk /
     warmk, sdc policy and log; both scenes): tokens must be equal and logp / sampler logp within 1e-4 (the CPU
     contract; CUDA reorders float32 sums, ~1e-6 in logits, far inside it);
   - the benchmark setting (32 rollouts, top-K 32, 2048 tokens): how many rollouts keep every token (a near-tie draw can

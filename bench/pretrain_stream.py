@@ -75,7 +75,8 @@ def baseline_worker(shards: str, vocab_path: str, steps: int, batch_size: int) -
 
 
 def streaming(shards: Path, vocab: str, steps: int, batch_size: int, run_dir: Path) -> dict:
-    from cluster.pretrain import PretrainConfig, fit
+    from cluster.pretrain import fit
+    from cluster.pretrain_config import PretrainConfig
     from drivetune.config import load_config
 
     half = max(1, steps // 2)

@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from drivetune.checkpoint import state_dict_to_numpy  # noqa: E402
-from drivetune.closed_loop import NUM_FUTURE_TOKENS, sim_agents, simulate  # noqa: E402
+from drivetune.closed_loop import NUM_FUTURE_TOKENS, simulate  # noqa: E402
+from drivetune.model.batch import select_agents  # noqa: E402
 from drivetune.model import AgentBatch, BehaviorModel, ModelConfig, agent_batch, map_batch  # noqa: E402
 from drivetune.samplers import SamplerConfig, StepInputs, rollout_seed, rollout_uniforms, sample  # noqa: E402
 from drivetune.scene import X, Y  # noqa: E402
@@ -82,7 +83,7 @@ def grid_vocab(size: int = 2048) -> MotionVocab:
 @torch.no_grad()
 def recompute_rollouts(model, tv, scene, rollouts: int, seed: int) -> np.ndarray:
     """Fair no-cache baseline: all rollouts in one batch, each step the full model over map + context so far."""
-    picks = sim_agents(scene)
+    picks = select_agents(scene)
     maps = map_batch([tokenize_map(scene)])
     hist = agent_batch([tokenize_scene(scene, tv)], [picks]).slice_time(0, CURRENT_BOUNDARY)
     st = scene.states[picks, scene.current_time_index]

@@ -168,7 +168,7 @@ def grpc_front():
     from ray import serve
 
     from services.alpasim_replay import PB
-    from services.cli import free_port
+    from services.launch import free_port
     from services.grpc_front import start_grpc
 
     port = free_port()
@@ -196,7 +196,7 @@ def main() -> None:
     from ray import serve
 
     from drivetune.ray_runtime import ray_session
-    from services.cli import app_config, apply_config, free_port
+    from services.launch import app_config, apply_config, free_port
     from services.config import ServeConfig
 
     torch.set_num_threads(1)
@@ -259,7 +259,7 @@ def ops_figures(args: argparse.Namespace) -> None:
     from ray import serve
 
     from drivetune.ray_runtime import ray_session
-    from services.cli import app_config, apply_config, free_port
+    from services.launch import app_config, apply_config, free_port
     from services.config import ServeConfig
     from services.loadgen import lockstep, soak
 

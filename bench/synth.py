@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from drivetune.synth.cli import generate  # noqa: E402
+from drivetune.synth.files import generate  # noqa: E402
 from drivetune.womd import read_scenes, scene_to_bytes, write_scenes  # noqa: E402
 
 TARGET = 20.0

@@ -1,14 +1,12 @@
-"""`drivetune lineage RUN_DIR`: the chain stage -> checkpoint -> parent -> reference of a pipeline run (or of one
-training run directory), with policy versions and weight hashes, from the checkpoints' own metadata."""
+"""The chain stage -> checkpoint -> parent -> reference of a pipeline run (or of one training run directory), with
+policy versions and weight hashes, from the checkpoints' own metadata (`drivetune lineage`)."""
 
 from __future__ import annotations
 
-import argparse
-import sys
-import json
 from pathlib import Path
 from typing import Any
 
+from cluster.pipeline import read_stage_record
 from drivetune.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 
 
@@ -23,8 +21,6 @@ def _row(stage: str, checkpoint: Path, status: str) -> dict[str, Any]:
 
 def lineage(run_dir: str | Path) -> list[dict[str, Any]]:
     """One row per stage directory (`NN-name`, in order) or, for a single run directory, one row for it."""
-    from cluster.pipeline import read_stage_record
-
     root = Path(run_dir)
     stages = sorted(p for p in root.iterdir() if p.is_dir() and p.name[:2].isdigit() and p.name[2:3] == "-") \
         if root.is_dir() else []
@@ -38,26 +34,3 @@ def lineage(run_dir: str | Path) -> list[dict[str, Any]]:
             continue
         rows.append(_row(directory.name, ckpt, "finished" if record else "running"))
     return rows
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a pipeline run directory (or one stage's run directory)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per stage")
-
-
-def run(args: argparse.Namespace) -> int:
-    if not Path(args.run_dir).is_dir():
-        print(f"drivetune lineage: error: {args.run_dir} is not a directory", file=sys.stderr)
-        return 2
-    rows = lineage(args.run_dir)
-    for r in rows:
-        if args.json:
-            print(json.dumps(r))
-        elif r["checkpoint"] is None:
-            print(f"{r['stage']:<14} {r['status']}")
-        else:
-            sha = (r["weights_sha256"] or "-")[:12]
-            print(f"{r['stage']:<14} {r['kind']:<9} v{r['policy_version']:<5} {r['status']:<9} weights {sha}  "
-                  f"{r['checkpoint']}\n{'':<14} init {r['init'] or r['parent'] or '-'}\n{'':<14} reference "
-                  f"{r['reference'] or '-'} (v{r['reference_version'] if r['reference_version'] is not None else '-'})")
-    return 0

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config
+from drivetune.errors import InputError
 from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
 
 log = logging.getLogger("drivetune.pipeline")
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True, log_to_driver=verbose_ray()):
             records = run_pipeline(cfg, progress=not args.no_progress)
     except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
-        raise CommandError(str(exc)) from None
+        raise InputError(str(exc)) from None
     for r in records:
         log.info("%-10s %-8s v%-4d %s", r["name"], r["kind"], r["policy_version"], r["checkpoint"])
     return 0

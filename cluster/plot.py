@@ -1,9 +1,7 @@
-"""`drivetune plot RUN_DIR`: the curves of a run's `metrics.jsonl` (RL or pretraining) in one PNG."""
+"""The curves of a run's `metrics.jsonl` (RL or pretraining) in one PNG."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import io
 import math
 from pathlib import Path
@@ -68,18 +66,3 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a training run directory (with metrics.jsonl)")
-    parser.add_argument("--out", default=None, help="PNG path (default RUN_DIR/metrics.png)")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        path = plot_run(args.run_dir, args.out)
-    except FileNotFoundError as exc:
-        print(f"drivetune plot: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0

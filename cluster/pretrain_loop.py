@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from cluster.pretrain_config import PretrainConfig
 from cluster.pretrain_data import make_batch, make_sample, training_batches
 from drivetune.closed_loop import SceneRollouts, simulate
 from drivetune.config import from_dict, to_dict
@@ -128,8 +129,6 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
-
-    from cluster.pretrain import PretrainConfig
 
     torch.set_num_threads(1)
     cfg = from_dict(PretrainConfig, config)

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from drivetune.checkpoint import CheckpointError, read_model_spec, resolve_checkpoint
-from drivetune.cli import CommandError
 from drivetune.config import ConfigError, load_config, to_dict
+from drivetune.errors import InputError
 from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
 from drivetune.samplers import SamplerConfig
 from rollout_workers import PolicySpec, PoolConfig, RolloutPool, RolloutWorker
@@ -292,12 +292,12 @@ def run_stage(args: argparse.Namespace, sft: bool) -> int:
                               f"{'sft' if sft else 'rft'}` (use `train sft` for algo.name: sft, `train rft` otherwise)")
         read_model_spec(resolve_checkpoint(cfg.init))  # missing, damaged or of another model version: before Ray
     except (ConfigError, CheckpointError) as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
-        raise CommandError(str(exc)) from None
+        raise InputError(str(exc)) from None
     try:
         with ray_session(args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=verbose_ray()):
             records = train(cfg, progress=not args.no_progress)
     except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
-        raise CommandError(str(exc)) from None
+        raise InputError(str(exc)) from None
     last = records[-1] if records else {}
     log.info("done: %d iterations this run; last reward %.4f; run dir %s", len(records), last.get("reward", 0.0),
              cfg.run_dir)

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors, save_file
 
 from drivetune.config import from_dict, to_dict
+from drivetune.errors import CheckpointError, CheckpointVersionError
 
 if TYPE_CHECKING:  # torch and the model load on first use: reading metadata (`drivetune lineage --help`) stays light
     import torch
@@ -37,14 +38,6 @@ FORMAT = "drivetune-checkpoint-v1"
 WEIGHTS, VOCAB, META = "model.safetensors", "vocab.safetensors", "meta.json"
 RUN_CHECKPOINTS = "checkpoints"  # a training run directory keeps its checkpoints here, one `step_NNNNNNNN` each
 STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that is missing files, malformed, or does not fit its model."""
-
-
-class CheckpointVersionError(CheckpointError):
-    """A checkpoint of another model definition (`model_version` in its meta; absent = 1)."""
 
 
 def state_dict_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:

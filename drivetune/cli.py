@@ -1,10 +1,11 @@
-"""`drivetune` command line. Each command lives in its own module, imported only when that command runs.
+"""`drivetune` command line: the command table and the dispatch. Each command lives in its own module of
+`drivetune.commands`, imported only when that command runs.
 
 A command module exposes `add_arguments(parser)` and `run(args) -> int`, and imports nothing heavy (torch, ray) at
 module level, so `--help` stays fast. Every failure is reported as `drivetune COMMAND: error: ...`: exit 2 for bad
-arguments or input (argparse errors, and any ValueError / OSError a command raises), 1 for work that failed (a command
-returns 1, or raised anything else: its traceback only with --verbose), 130 for Ctrl-C, 141 when the reader of stdout
-went away (`drivetune -h | head`).
+arguments or input (argparse errors, and any ValueError / OSError a command raises: `drivetune.errors.InputError` and
+its kinds are ValueErrors), 1 for work that failed (a command returns 1, or raised anything else: its traceback only
+with --verbose), 130 for Ctrl-C, 141 when the reader of stdout went away (`drivetune -h | head`).
 """
 
 from __future__ import annotations
@@ -19,62 +20,26 @@ from importlib import metadata
 
 from drivetune.ray_runtime import VERBOSE_ENV  # --verbose sets it: Ray's start-up logs then reach the terminal
 
-# name -> (module, one-line help). Sub-grouped commands ("vocab build") use a space in the name.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("drivetune.ingest", "WOMD Scenario TFRecords -> Parquet shards (parallel on Ray, resumable)"),
-    "inspect": ("drivetune.inspect_cmd", "summarise scenarios in TFRecords or shards"),
-    "synth": ("drivetune.synth.cli", "generate synthetic WOMD-format scenarios"),
-    "render": ("drivetune.render", "draw a scenario (and rollouts) to PNG, JPEG, SVG or PDF"),
-    "realism": ("drivetune.realism_cmd", "WOSAC realism metrics of a rollout set"),
-    "vocab build": ("drivetune.vocab_cmd", "build per-type motion vocabularies (k-disks)"),
-    "train pretrain": ("cluster.pretrain", "behaviour-cloning pretraining on Ray Train"),
-    "simulate": ("drivetune.simulate_cmd", "closed-loop rollouts of a checkpoint on scenes"),
-    "train sft": ("cluster.sft", "CAT-K closed-loop SFT with Ray rollout workers and a learner"),
-    "train rft": ("cluster.rft", "RL post-training (MPO / GRPO / GRBO) with Ray rollout workers and a learner"),
-    "train pipeline": ("cluster.pipeline", "stages (pretrain, sft, rft, ...) in one run directory and Ray session"),
-    "lineage": ("cluster.lineage", "the stage -> checkpoint -> parent -> reference chain of a run"),
-    "plot": ("cluster.plot", "draw a run's metrics.jsonl curves to a PNG"),
-    "eval": ("drivetune.eval_cmd", "compare checkpoints on the same scenes: realism, bootstrap CIs, differences"),
-    "serve": ("services.cli", "closed-loop simulation service (Ray Serve, HTTP)"),
-    "serve-demo": ("services.demo", "example closed loop against the service: SDC from the log, scored"),
-}
-
-# The one name and help text of a scene input, shared by every command that reads scenes.
-SCENES_METAVAR = "SCENES"
-SCENES_HELP = ("scene sources, several at once: Scenario TFRecord files, directories of them, globs, Parquet shard "
-               "directories or shard files")
-
-
-class CommandError(Exception):
-    """A failure a command reports as `drivetune COMMAND: error: MESSAGE` with exit `code` (2 bad input, 1 failed
-    work)."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def add_scenes_argument(parser: argparse.ArgumentParser, help_: str = SCENES_HELP) -> None:
-    """The positional scene input (one or more) under its common name."""
-    parser.add_argument("scenes", nargs="+", metavar=SCENES_METAVAR, help=help_)
-
-
-def check_device(device: str) -> str:
-    """A torch device string that exists here (`cpu`, `cuda`, `cuda:N`); CommandError naming it otherwise."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise CommandError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CommandError(f"--device {device}: no CUDA device is available here")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CommandError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise CommandError(f"--device {device!r}: only cpu and cuda are supported")
-    return device
+# name -> (module, one-line help); the modules are in drivetune.commands. Sub-grouped commands ("vocab build") use a
+# space in the name.
+COMMANDS: dict[str, tuple[str, str]] = {name: (f"drivetune.commands.{module}", help_) for name, module, help_ in (
+    ("ingest", "ingest", "WOMD Scenario TFRecords -> Parquet shards (parallel on Ray, resumable)"),
+    ("inspect", "inspect", "summarise scenarios in TFRecords or shards"),
+    ("synth", "synth", "generate synthetic WOMD-format scenarios"),
+    ("render", "render", "draw a scenario (and rollouts) to PNG, JPEG, SVG or PDF"),
+    ("realism", "realism", "WOSAC realism metrics of a rollout set"),
+    ("vocab build", "vocab_build", "build per-type motion vocabularies (k-disks)"),
+    ("train pretrain", "train_pretrain", "behaviour-cloning pretraining on Ray Train"),
+    ("simulate", "simulate", "closed-loop rollouts of a checkpoint on scenes"),
+    ("train sft", "train_sft", "CAT-K closed-loop SFT with Ray rollout workers and a learner"),
+    ("train rft", "train_rft", "RL post-training (MPO / GRPO / GRBO) with Ray rollout workers and a learner"),
+    ("train pipeline", "train_pipeline", "stages (pretrain, sft, rft, ...) in one run directory and Ray session"),
+    ("lineage", "lineage", "the stage -> checkpoint -> parent -> reference chain of a run"),
+    ("plot", "plot", "draw a run's metrics.jsonl curves to a PNG"),
+    ("eval", "eval", "compare checkpoints on the same scenes: realism, bootstrap CIs, differences"),
+    ("serve", "serve", "closed-loop simulation service (Ray Serve, HTTP)"),
+    ("serve-demo", "serve_demo", "example closed loop against the service: SDC from the log, scored"),
+)}
 
 
 def version() -> str:
@@ -165,9 +130,6 @@ def _dispatch(argv: list[str]) -> int:
         os.environ[VERBOSE_ENV] = "1"
     try:
         return int(args._run(args) or 0)
-    except CommandError as exc:
-        print(f"drivetune {name}: error: {exc}", file=sys.stderr)
-        return exc.code
     except (ValueError, OSError) as exc:  # bad input the command did not catch itself: no traceback
         if isinstance(exc, BrokenPipeError):
             raise

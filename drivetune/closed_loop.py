@@ -16,17 +16,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from drivetune.engine import NUM_LOG_TOKENS, Engine, Session, SessionSpec, StepRecord, sim_agents
+from drivetune.engine import NUM_FUTURE_TOKENS, Engine, Session, SessionSpec, StepRecord
 from drivetune.model import BehaviorModel
+from drivetune.model.batch import select_agents
 from drivetune.realism.batch import Rollouts
+from drivetune.rollout_config import SDC_MODES
 from drivetune.samplers import SamplerConfig, rollout_seed
 from drivetune.scene import HEADING, NUM_FUTURE_STEPS, X, Y, Scene
 from drivetune.tokenizer import TOKEN_STEPS, TorchVocab
 
-__all__ = ["NUM_FUTURE_TOKENS", "SDC_MODES", "SceneRollouts", "sim_agents", "simulate"]
-
-NUM_FUTURE_TOKENS = NUM_LOG_TOKENS  # 16
-SDC_MODES = ("policy", "log", "external")
+__all__ = ["NUM_FUTURE_TOKENS", "SDC_MODES", "SceneRollouts", "simulate"]
 
 
 @dataclass
@@ -102,7 +101,7 @@ def simulate(
     if group_size < 1 or not scenes:
         raise ValueError(f"need at least one scene and group_size >= 1 (got {len(scenes)}, {group_size})")
     G = group_size
-    picks = [sim_agents(s) for s in scenes]
+    picks = [select_agents(s) for s in scenes]
     if any(len(p) == 0 for p in picks):
         raise ValueError(f"scenes without sim agents: {[s.scenario_id for s, p in zip(scenes, picks) if not len(p)]}")
     ridx = np.arange(rollout_offset, rollout_offset + G)

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from drivetune.errors import ConfigError
+
 T = TypeVar("T")
 
 # field name -> (low, high, low inclusive, high inclusive), checked in every config that has such a field
@@ -30,15 +32,6 @@ FIELD_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "min_lr_ratio": (0.0, 1.0, True, True),
     "warmup_steps": (0.0, math.inf, True, False),
 }
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit its dataclass. `where` is the dotted location of the problem
-    (`FILE.a.b`) and `problem` the rest of the message."""
-
-    def __init__(self, where: str, problem: str | None = None) -> None:
-        super().__init__(where if problem is None else f"{where}: {problem}")
-        self.where, self.problem = where, problem
 
 
 def _field_types(cls: type) -> dict[str, Any]:

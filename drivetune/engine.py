@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from drivetune.model import BehaviorModel, DecodeState, MapContext, agent_batch, map_batch
+from drivetune.model.batch import select_agents
 from drivetune.model.map_grid import build_map_grid
 from drivetune.samplers import SamplerConfig, StepInputs, sample
 from drivetune.scene import VX, VY, X, Y, Z, Scene
@@ -33,14 +34,9 @@ from drivetune.tokenizer import TOKEN_STEPS, TorchVocab, nearest_tokens, token_s
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY, NUM_BOUNDARIES, type_index
 from drivetune.tokenizer.matching import boundary_poses
 
-NUM_LOG_TOKENS = NUM_BOUNDARIES - 1 - CURRENT_BOUNDARY  # 16 logged future intervals (8 s)
-_UNIFORM_CHUNK = NUM_LOG_TOKENS  # random numbers are drawn 16 steps at a time (the same stream as rollout_uniforms)
+NUM_FUTURE_TOKENS = NUM_BOUNDARIES - 1 - CURRENT_BOUNDARY  # 16 logged future intervals (8 s)
+_UNIFORM_CHUNK = NUM_FUTURE_TOKENS  # random numbers are drawn 16 steps at a time (the same stream as rollout_uniforms)
 _FILL = {"sft": -1}  # padding value of per-row tensors (default 0)
-
-
-def sim_agents(scene: Scene) -> np.ndarray:
-    """Track indices of the scene's sim agents (valid at the current step), in track order."""
-    return np.flatnonzero(scene.sim_agent_mask())
 
 
 @dataclass
@@ -224,7 +220,7 @@ class Engine:
         sessions = []
         for spec in specs:
             spec.sampler.validate()
-            agents = sim_agents(spec.scene)
+            agents = select_agents(spec.scene)
             if len(agents) == 0:
                 raise ValueError(f"scenario {spec.scene.scenario_id} has no sim agents")
             if len(spec.seeds) < 1:

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
-from drivetune.realism.config import BUCKETS
-from drivetune.realism.metrics import METRIC_FIELDS
+from drivetune.realism.metrics import HEADLINE_METRICS, METRIC_FIELDS
 from drivetune.samplers import SamplerConfig
 from drivetune.scene import Scene
 
@@ -34,9 +33,7 @@ if TYPE_CHECKING:
 EVAL_FORMAT = "drivetune-eval-v1"
 EVAL_POLICY_VERSION = 0  # the seed component every evaluated policy shares (common random numbers)
 # The headline fields first (meta, buckets, event rates, minADE), then the other official fields.
-_HEAD = ("metametric", *(f"{b}_metrics" for b in BUCKETS), "simulated_collision_rate", "simulated_offroad_rate",
-         "simulated_traffic_light_violation_rate", "min_average_displacement_error")
-METRICS: tuple[str, ...] = _HEAD + tuple(f for f in METRIC_FIELDS if f not in _HEAD)
+METRICS: tuple[str, ...] = (*HEADLINE_METRICS, *(f for f in METRIC_FIELDS if f not in HEADLINE_METRICS))
 
 Progress = Callable[[int], None]
 

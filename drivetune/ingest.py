@@ -19,12 +19,10 @@ sources (DuplicateScenarioError, exit 2); the manifest is then left out so the d
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from typing import Any
 
 
 from drivetune.atomic import remove_stale_temps
+from drivetune.errors import DuplicateScenarioError, IngestLockedError
 from drivetune.progress import progress as progress_reporter  # a bar on a terminal, lines in a log
 from drivetune.ray_runtime import ray_session, set_process_env
 from drivetune.shards import MANIFEST, file_sha256, read_manifest, shard_name, write_manifest, write_shard
@@ -58,14 +57,6 @@ class IngestResult:
     skipped: list[str] = field(default_factory=list)
     scenes: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)  # {"file", "offset", "error"}
-
-
-class IngestLockedError(ValueError):
-    """Another ingest is writing into the same shard directory."""
-
-
-class DuplicateScenarioError(ValueError):
-    """The inputs hold the same scenario id more than once."""
 
 
 def plan_shards(files: list[Path], shard_size: int) -> tuple[list[ShardPlan], list[dict[str, Any]]]:
@@ -237,30 +228,3 @@ def _ingest_locked(out_dir: Path, plans: list[ShardPlan], framing_errors: list[d
     write_manifest(out_dir, entries)
     journal_path.unlink(missing_ok=True)
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", metavar="SCENES",
-                        help="scene sources, several at once: Scenario TFRecord files, directories of them or globs")
-    parser.add_argument("--out", required=True, help="shard directory (created; re-runs resume)")
-    parser.add_argument("--shard-size", type=int, default=64, help="scenes per Parquet shard (default 64)")
-    parser.add_argument("--workers", type=int, default=2, help="parallel Ray tasks = local Ray CPUs (default 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        result = ingest(args.sources, args.out, args.shard_size, args.workers, progress=not args.no_progress)
-    except (ValueError, OSError) as exc:
-        print(f"drivetune ingest: error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"ingest: {result.scenes} scenes in {len(result.written) + len(result.skipped)} shards under {args.out} "
-        f"({len(result.written)} written, {len(result.skipped)} already done and skipped)"
-    )
-    if result.errors:
-        print(f"ingest: {len(result.errors)} bad record(s) left out:", file=sys.stderr)
-        for err in result.errors:
-            print(f"  {err['error']}", file=sys.stderr)
-        return 1
-    return 0

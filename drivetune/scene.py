@@ -13,6 +13,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from drivetune.errors import SceneError
+
 NUM_STEPS = 91
 CURRENT_TIME_INDEX = 10
 NUM_FUTURE_STEPS = 80
@@ -91,10 +93,6 @@ class SignalState(IntEnum):
 
 
 RED_SIGNAL_STATES = (SignalState.ARROW_STOP, SignalState.STOP, SignalState.FLASHING_STOP)
-
-
-class SceneError(ValueError):
-    """A scene whose arrays are inconsistent (wrong shapes, NaN, dangling indices)."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from drivetune.errors import ShardError
 from drivetune.scene import STATE_FIELDS, Scene
 from drivetune.atomic import atomic_write_bytes
 
@@ -42,10 +43,6 @@ _NON_INT64 = {
 _ARRAYS: dict[str, np.dtype] = {
     f.name: np.dtype(_NON_INT64.get(f.name, "i8")) for f in fields(Scene) if f.name not in _SCALARS | {"scenario_id"}
 }
-
-
-class ShardError(ValueError):
-    """A shard or manifest that cannot be used (unknown schema version, checksum mismatch, missing scenario)."""
 
 
 def _arrow_type(dtype: np.dtype) -> pa.DataType:

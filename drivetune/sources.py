@@ -12,16 +12,13 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
+from drivetune.errors import SourceError
 from drivetune.scene import Scene
 from drivetune.shards import MANIFEST, ShardStore, listed_sha256, read_shard
 from drivetune.womd import read_scenes
 
 Spec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 _GLOB_CHARS = set("*?[")
-
-
-class SourceError(ValueError):
-    """A source spec that names nothing readable."""
 
 
 def _is_tfrecord_name(path: Path) -> bool:

@@ -15,18 +15,11 @@ from typing import Iterable, Iterator
 import google_crc32c
 
 from drivetune.atomic import atomic_write_bytes
+from drivetune.errors import TFRecordError
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")  # length, masked crc of length
 _FOOTER = struct.Struct("<I")  # masked crc of payload
-
-
-class TFRecordError(ValueError):
-    """A corrupt or truncated TFRecord; the message names the file and the record's byte offset."""
-
-    def __init__(self, path: str | os.PathLike, offset: int, problem: str):
-        self.path, self.offset, self.problem = str(path), offset, problem
-        super().__init__(f"{path}: record at byte offset {offset}: {problem}")
 
 
 def masked_crc32c(data: bytes | memoryview) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from waymo_open_dataset.protos import map_pb2, scenario_pb2
 
+from drivetune.errors import WomdError
 from drivetune.protowire import FixedLayout, decode_fixed, first_field_offset, repeated_spans
 from drivetune.scene import MapFeatureType, Scene, SceneError, SignalState
 from drivetune.tfrecord import read_records, write_records
@@ -37,10 +38,6 @@ _STATE_KEYS = STATE_PROTO_KEYS + ("valid",)
 _STATE_LAYOUT = FixedLayout(scenario_pb2.ObjectState.DESCRIPTOR, _STATE_KEYS)
 _POINT_LAYOUT = FixedLayout(map_pb2.MapPoint.DESCRIPTOR, ("x", "y", "z"))
 _ABSENT = int(SignalState.ABSENT)
-
-
-class WomdError(ValueError):
-    """A Scenario that cannot be read or written; the message names the scenario and/or file."""
 
 
 def _ragged(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Load for a running simulation service, over HTTP: session churn in waves (the soak: does a replica give its memory
 back?) and paced lockstep stepping (the load: which step rate keeps p99 latency under a bound?). Used by
-tests/test_soak.py and bench/serve.py; point it at any deployment with `SimAgentsClient`."""
+tests/integration/test_soak.py and bench/serve.py; point it at any deployment with `SimAgentsClient`."""
 
 from __future__ import annotations
 

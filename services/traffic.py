@@ -14,7 +14,6 @@ Errors are returned as (gRPC status name, message), never raised across the hand
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Run by tests/test_fault_tolerance.py in its own process (the session's Ray stays untouched): a two-node
+"""Run by tests/integration/test_fault_tolerance.py in its own process (the session's Ray stays untouched): a two-node
 `ray.cluster_utils.Cluster` (1 CPU each), a RolloutPool with one worker per node, and the second node removed after
 the first group. Writes the groups to OUT.npz and prints a JSON report as the last line."""
 

@@ -57,7 +57,7 @@ def rft_data(root: Path) -> Path:
     """Six synthetic scenes in shards and a random micro BC checkpoint (`root/shards`, `root/bc`) for RL-loop tests."""
     from drivetune.checkpoint import save_checkpoint
     from drivetune.shards import write_shards
-    from drivetune.synth.cli import generate
+    from drivetune.synth.files import generate
     from drivetune.tokenizer import build_vocab
 
     scenes = [generate(11, i) for i in range(6)]

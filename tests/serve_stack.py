@@ -36,7 +36,7 @@ def start_service(scenario: Path, tmp: Path, name: str = "sim", api_key_env: str
     scenario file as its scenario store; waits for /healthz to answer "ok"."""
     from ray import serve
 
-    from services.cli import app_config, apply_config, free_port
+    from services.launch import app_config, apply_config, free_port
     from services.config import ServeConfig
 
     ckpt = micro_checkpoint(scenario, tmp / "ckpt")

@@ -18,13 +18,10 @@ import torch
 from torch import Tensor
 
 from drivetune.atomic import atomic_path
+from drivetune.errors import RolloutError
 from drivetune.scene import HEADING, HEIGHT, LENGTH, NUM_FUTURE_STEPS, WIDTH, X, Y, Z, AgentType, Scene
 
 ROLLOUT_FIELDS = ("x", "y", "z", "heading")
-
-
-class RolloutError(ValueError):
-    """Rollouts that do not fit their scenario (ids, shapes, non-finite values)."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from drivetune.realism.config import FeatureConfig
+from drivetune.realism.challenge import FeatureConfig
 
 
 def bin_index(values: Tensor, cfg: FeatureConfig) -> Tensor:

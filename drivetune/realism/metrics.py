@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from drivetune.realism.batch import Batch, Rollouts, build_batch
-from drivetune.realism.config import BUCKETS, FEATURE_NAMES, MetricConfig, get_config
+from drivetune.realism.challenge import BUCKETS, FEATURE_NAMES, MetricConfig, get_config
 from drivetune.realism.features import (displacement_error, distance_to_nearest_object, kinematic_validity,
                                         kinematics, time_to_collision)
 from drivetune.realism.likelihood import bin_index, log_prob, masked_mean_exp, rollout_counts
@@ -31,6 +31,15 @@ METRIC_FIELDS = (
     *(f"{n}_likelihood" for n in FEATURE_NAMES),
     "simulated_collision_rate", "simulated_offroad_rate", "simulated_traffic_light_violation_rate",
 )
+
+
+# The headline fields of every results table, chart and log (meta, the buckets, event rates, minADE) and their short
+# labels; the other official fields follow them in full reports.
+HEADLINE_METRICS: dict[str, str] = {
+    "metametric": "meta", "kinematic_metrics": "kinematic", "interactive_metrics": "interactive",
+    "map_based_metrics": "map", "simulated_collision_rate": "collision", "simulated_offroad_rate": "offroad",
+    "simulated_traffic_light_violation_rate": "red light", "min_average_displacement_error": "minADE",
+}
 
 
 @dataclass

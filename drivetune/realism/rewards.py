@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from drivetune.realism.batch import Rollouts
-from drivetune.realism.config import MetricConfig
+from drivetune.realism.challenge import MetricConfig
 from drivetune.realism.metrics import evaluate, likelihoods, metametric, summarize
 from drivetune.scene import Scene
 

@@ -17,16 +17,13 @@ from typing import Iterable
 import numpy as np
 from waymo_open_dataset.protos import sim_agents_submission_pb2 as sub_pb2
 
+from drivetune.errors import SubmissionError
 from drivetune.realism.batch import ROLLOUT_FIELDS, RolloutError, Rollouts
+from drivetune.rollout_config import WOSAC_ROLLOUTS
 from drivetune.scene import NUM_FUTURE_STEPS, Scene
 from drivetune.atomic import atomic_write_bytes
 
-NUM_ROLLOUTS = 32
 _PROTO_FIELDS = ("center_x", "center_y", "center_z", "heading")
-
-
-class SubmissionError(ValueError):
-    """A submission that breaks the challenge rules or cannot be read."""
 
 
 def to_scenario_rollouts(scenario_id: str, rollouts: Rollouts) -> sub_pb2.ScenarioRollouts:
@@ -71,9 +68,9 @@ def validate_scenario_rollouts(proto: sub_pb2.ScenarioRollouts, scene: Scene) ->
         raise SubmissionError("ScenarioRollouts without scenario_id")
     if proto.scenario_id != scene.scenario_id:
         raise SubmissionError(f"rollouts are for scenario {proto.scenario_id}, scene is {scene.scenario_id}")
-    if len(proto.joint_scenes) != NUM_ROLLOUTS:
+    if len(proto.joint_scenes) != WOSAC_ROLLOUTS:
         raise SubmissionError(f"scenario {proto.scenario_id}: {len(proto.joint_scenes)} joint scenes, "
-                              f"expected {NUM_ROLLOUTS}")
+                              f"expected {WOSAC_ROLLOUTS}")
     rollouts = from_scenario_rollouts(proto)
     try:
         rollouts.validate(scene, f"submission of scenario {scene.scenario_id}")

@@ -3,7 +3,7 @@
     from drivetune.synth import generate_scene
     scene = generate_scene(seed)          # deterministic per seed (an int or a numpy SeedSequence)
 
-`drivetune synth` (drivetune.synth.cli) writes such scenes as Scenario TFRecords.
+`drivetune synth` (drivetune.synth.files) writes such scenes as Scenario TFRecords.
 """
 
 from drivetune.synth.world import generate_scene

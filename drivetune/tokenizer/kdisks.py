@@ -12,15 +12,12 @@ from drivetune.scene import HEADING, X, Y, Scene
 from drivetune.tokenizer.layout import NUM_AGENT_TYPES, TYPE_BOXES, TYPE_NAMES, box_corners, relative, type_index
 from drivetune.tokenizer.matching import clean_headings
 from drivetune.tokenizer.motion import NUM_POSES, MotionVocab
+from drivetune.vocab_defaults import DEFAULT_COVERAGE, DEFAULT_MAX_SEGMENTS, DEFAULT_SIZES, DEFAULT_TOLERANCES
 
-DEFAULT_SIZES = (2048, 1024, 1024)  # vehicle, pedestrian, cyclist
-DEFAULT_TOLERANCES = (0.05, 0.05, 0.05)  # metres of mean corner distance per type
 # start-pose jitter sigmas (x m, y m, heading rad) per type for the corrective copies of `jitter_segments`
 DEFAULT_JITTER = ((0.15, 0.15, 0.03), (0.1, 0.1, 0.1), (0.1, 0.1, 0.03))
 MAX_STEP_M = 6.0  # 60 m/s: longer 0.1 s steps are position glitches, not motion
-DEFAULT_MAX_SEGMENTS = 100_000  # per type, after dedup; half are jittered copies
 MICRO_SIZES = (256, 128, 128)  # for the micro (CPU demo) model
-DEFAULT_COVERAGE = 0.98  # share of segments the disks must cover; the k-disks radius grows until they do
 _MAX_SEARCH_ROUNDS = 20
 _SEARCH_FACTOR = 1.15
 _CELL_OFFSET = 1 << 20  # grid cell indices are shifted positive before packing two into one int64 key

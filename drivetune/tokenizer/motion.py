@@ -14,16 +14,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from drivetune.atomic import atomic_path
+from drivetune.errors import VocabError
 from drivetune.tokenizer.layout import NUM_AGENT_TYPES, TOKEN_STEPS, TYPE_BOXES, TYPE_NAMES, box_corners, compose
 from drivetune.tokenizer.layout import mean_corner_distance, relative
 
 FORMAT = "drivetune-motion-vocab-v1"
 NUM_POSES = TOKEN_STEPS + 1  # poses at steps 0..5 of a token
 _PRUNE = 64  # tokens with the nearest end centres whose exact corner distance nearest_tokens computes first
-
-
-class VocabError(ValueError):
-    """A vocabulary file or array set that is malformed or fails its content hash."""
 
 
 def _content_hash(arrays: dict[str, np.ndarray]) -> str:
