@@ -53,7 +53,8 @@ class LearnerConfig:
 
     epochs: int = 1
     minibatch_groups: int = 4  # rollout groups per optimizer step
-    forward_mb: float = 2048.0  # activation memory budget of one training forward (sizes the packed chunks)
+    forward_mb: float = 512.0  # activation memory (MiB) of one training forward: sizes the packed chunks (CPU: 512
+    # ran faster than 2048, cache-sized; a GPU learner wants more)
     device: str = "cpu"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
