@@ -25,7 +25,7 @@ from trainer.learner import Learner, LearnerConfig, LearnerOptim
 from trainer.losses import human_nll
 from trainer.objectives import TokenTargets
 from trainer.rescoring import RescoreInputs, score_group, score_rows
-from trainer.rewards import RewardConfig, agent_rewards, rollout_rewards
+from trainer.rewards import RewardConfig, agent_rewards, weighted_rewards
 
 ITERATIONS = 3
 # float64 (in float32 the reordered sums over ~10^4 tokens agree to ~1e-5 of each gradient's largest entry, and
@@ -55,7 +55,7 @@ def _straightforward(policy, reference, optimizer, algo, reward, scenes, batches
     masks = [torch.tensor(b.token_mask) for b in batches]
     advs = []
     for b in batches:
-        r, _ = rollout_rewards(b, reward)
+        r, _ = weighted_rewards(b, reward)
         ar, sc = agent_rewards(b, reward) if algo.advantage == "agent" else (None, None)
         advs.append(torch.as_tensor(token_advantages(algo, r, ar, sc, b.token_mask)))
     refs = [score_group(reference, x, chunk=2).logp for x in inputs]

@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
 
 
 def _learner(ckpt, lr: float = 1e-3) -> Learner:
-    cfg = LearnerConfig(epochs=1, minibatch_groups=1, rescore_chunk=2, optim=LearnerOptim(lr=lr))
+    cfg = LearnerConfig(epochs=1, minibatch_groups=1, forward_mb=64, optim=LearnerOptim(lr=lr))
     return Learner(ckpt, AlgoConfig(name="sft"), RewardConfig(), cfg)
 
 

@@ -35,9 +35,10 @@ from trainer.algorithms import AlgoConfig, calibrate_alpha, policy_loss, token_a
 from trainer.checkpoints import RunDirectory
 from trainer.losses import human_nll
 from trainer.objectives import TokenTargets
-from trainer.rescoring import (PackedChunk, RescoreInputs, RolloutGroup, TokenScores, chunk_tokens, encode_maps,
-                               pack, score_chunk, score_group)
-from trainer.rewards import RewardConfig, agent_rewards, rollout_rewards
+from trainer.groups import RolloutGroup
+from trainer.rescoring import (PackedChunk, RescoreInputs, TokenScores, chunk_tokens, encode_maps, pack, score_chunk,
+                               score_group)
+from trainer.rewards import RewardConfig, agent_rewards, weighted_rewards
 
 
 @dataclass
@@ -153,7 +154,7 @@ class Learner:
         self._targets(groups)
         t_ref = time.perf_counter()
         self._reference_pass(groups)
-        stats["seconds_reference"] = time.perf_counter() - t_ref
+        stats.update(seconds_advantage=t_ref - t0, seconds_reference=time.perf_counter() - t_ref)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.iteration)  # resumable minibatch order
         n_tokens, steps, check = 0, [], _Check()
         for _ in range(self.cfg.epochs):
@@ -184,7 +185,7 @@ class Learner:
         stats: dict[str, float] = {}
         reward = None
         if not self.sft:
-            reward, terms = rollout_rewards(batch, self.reward)
+            reward, terms = weighted_rewards(batch, self.reward)
             stats = {f"reward_{k}": float(np.mean(v)) for k, v in terms.items()}
             stats["reward"] = float(reward.mean())
         gr = batch.group_rewards

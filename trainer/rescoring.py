@@ -17,7 +17,7 @@ Two ways to feed the forward, with the same results:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,28 +30,7 @@ from drivetune.model.map_grid import build_map_grid
 from drivetune.scene import Scene
 from drivetune.tokenizer import TOKEN_STEPS, MapTokens, TorchVocab, tokenize_map, tokenize_scene
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY
-
-
-class RolloutGroup(Protocol):
-    """What the learner reads from a `rollout_workers.batch.RolloutBatch` (trainer does not import rollout_workers:
-    groups arrive as data)."""
-
-    scenario_id: str
-    object_ids: np.ndarray  # int64 [A]
-    track_index: np.ndarray  # int64 [A]
-    agent_type: np.ndarray  # int64 [A] tokenizer type index
-    sdc: str
-    policy_version: int
-    tokens: np.ndarray  # int64 [G, A, 16]
-    logp: np.ndarray  # float32 [G, A, 16] behaviour log-probs
-    token_mask: np.ndarray  # bool [G, A, 16]
-    boundary_poses: np.ndarray  # float32 [G, A, 17, 3]
-    rewards: dict[str, np.ndarray]
-    group_rewards: dict[str, Any]
-    sft_target: np.ndarray | None  # int64 [G, A, 16] CAT-K targets (-1 where the log has none)
-
-    @property
-    def group_size(self) -> int: ...
+from trainer.groups import RolloutGroup
 
 
 @dataclass
