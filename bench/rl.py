@@ -11,7 +11,8 @@ scenarios. Prints and writes a table with mean and spread over training seeds.
 Learner: the baseline commit's update against this tree's, in process on the same fixed groups (4 x 8 rollouts of
 the base policy), alternating processes; wall and CPU seconds, tokens/s.
 
-    python bench/rl.py learner --bc base/micro --shards runs/bench_rl/shards --updates 2 --rounds 2 --out runs/bench_rl/ln
+    python bench/rl.py learner --bc base/micro --shards runs/bench_rl/shards --updates 2 --rounds 2 \
+        --out runs/bench_rl/ln
 
 Throughput: GRBO iterations (configs/rft_grbo_micro.yaml, 1 rollout worker + the learner) of the RL code of a baseline
 commit (git archive, default bb9ed4c: before the learner work of issue 22) synchronous, of this tree synchronous and

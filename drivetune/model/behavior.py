@@ -214,7 +214,8 @@ class BehaviorModel(nn.Module):
         poses = agents.poses.to(self.token_geometry.dtype).masked_fill(~valid[..., None], 0.0)
         prev = torch.cat([torch.zeros_like(poses[:, :, :1]), poses[:, :, :-1]], 2)
         prev_valid = torch.cat([torch.zeros_like(valid[:, :, :1]), valid[:, :, :-1]], 2)
-        x = self._embed(agents.tokens, agents.type_idx, agents.size.to(poses.dtype), poses, prev, prev_valid).flatten(0, 2)
+        size = agents.size.to(poses.dtype)
+        x = self._embed(agents.tokens, agents.type_idx, size, poses, prev, prev_valid).flatten(0, 2)
         dev = poses.device  # x: [N, H], N = B*A*T in (b, a, t) order
         # temporal: the previous W tokens of the same agent, oldest first (lags W..1)
         w = self.cfg.time_span
