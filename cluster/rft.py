@@ -22,6 +22,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -180,56 +181,51 @@ def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker]
     pool = RolloutPool(spec, cfg.pool, worker_cls=worker_cls)
     metrics = RayMetrics(tags={"run": run.root.name, "stage": cfg.stage})
     records: list[dict[str, Any]] = []
+    queue: deque[Pending] = deque()  # rolled out, not yet trained on: at most max_staleness ahead
 
-    def rollouts(iteration: int, published: tuple | None = None) -> tuple[list, list, float, float, int]:
-        """Broadcast the learner's weights (`published`, or fetched now), then roll this iteration's scenes;
-        (scenes, batches, s, s, rollout worker failures seen so far)."""
-        weights, version = published or ray.get(learner.weights.remote())
-        t_b = pool.set_weights(weights, version)
+    def rollouts(iteration: int, published: tuple[dict, int]) -> Pending:
+        """Broadcast the published weights, then roll this iteration's scenes (every group exactly once)."""
+        t_broadcast = pool.set_weights(*published)
         scenes = sampler.draw(cfg.scenes_per_iter, cfg.seed, iteration)
         t0 = time.perf_counter()
         got = {b.scenario_id: b for b in pool.generate(scenes, cfg.group_size, cfg.sampler, seed=cfg.seed * 7919
                                                         + iteration, sdc=cfg.sdc)}
-        return scenes, [got[s.scenario_id] for s in scenes], t_b, time.perf_counter() - t0, pool.restarts_seen
+        return Pending(iteration, scenes, [got[s.scenario_id] for s in scenes], t_broadcast,
+                       time.perf_counter() - t0, pool.restarts_seen)
 
     bar = progress_bar(cfg.max_iters, f"{cfg.stage} ({cfg.algo.name})", unit="iter", enabled=progress)
     bar.update(start)
     try:
-        pending = rollouts(start) if start < cfg.max_iters else None
-        t_start = time.perf_counter()
+        t_start, t_checkpoint = time.perf_counter(), 0.0
         for it in range(start, cfg.max_iters):
             t_iter = time.perf_counter()
-            scenes, batches, t_broadcast, t_rollout, restarts = pending
-            # One-step-off: the weights the learner holds before this update (fetched while it is idle: a call
-            # queued behind `update` would wait for it) roll the next scenes while it updates.
-            published = ray.get(learner.weights.remote()) if cfg.max_staleness else None
-            update = learner.update.remote(batches, [ray.put(s) for s in scenes])
-            if cfg.max_staleness and it + 1 < cfg.max_iters:
-                pending = rollouts(it + 1, published)
+            # One loop for both schedules: the weights are fetched while the learner is idle (a call queued
+            # behind `update` would wait for it); this iteration's rollouts are generated now unless an earlier
+            # iteration generated them; while the update runs, the next max_staleness iterations roll out with
+            # these (pre-update) weights.
+            published = ray.get(learner.weights.remote())
+            if not queue:
+                queue.append(rollouts(it, published))
+            todo = queue.popleft()
+            update = learner.update.remote(todo.batches, [ray.put(s) for s in todo.scenes])
+            while len(queue) < cfg.max_staleness and it + 1 + len(queue) < cfg.max_iters:
+                queue.append(rollouts(it + 1 + len(queue), published))
             stats = ray.get(update)
-            over_budget = cfg.max_minutes > 0 and time.perf_counter() - t_start > 60 * cfg.max_minutes
-            last = it + 1 == cfg.max_iters or over_budget
-            if not cfg.max_staleness and not last:
-                pending = rollouts(it + 1)
-            record = {"iteration": it + 1, **stats, "seconds_rollout": t_rollout, "seconds_broadcast": t_broadcast,
-                      "seconds_reward_worker": float(sum(b.seconds.get("reward", 0.0) for b in batches)),
-                      "seconds_rollout_worker": float(sum(b.seconds.get("rollout", 0.0) for b in batches)),
-                      "seconds_iteration": time.perf_counter() - t_iter, "rollout_worker_restarts": restarts}
-            record["groups_per_s"] = len(batches) / record["seconds_iteration"]
+            record = _timed({"iteration": it + 1, **stats, **todo.phases(), "seconds_checkpoint": t_checkpoint},
+                            t_iter)
             if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
-                record.update(evaluate(ray.get(learner.weights.remote())[0], spec, sampler, cfg))
+                t0 = time.perf_counter()
+                record.update(evaluate(ray.get(learner.weights.remote())[0], spec, sampler, cfg),
+                              seconds_eval=time.perf_counter() - t0)
+            over_budget = cfg.max_minutes > 0 and time.perf_counter() - t_start > 60 * cfg.max_minutes
             run.append_metrics(record)  # before the checkpoint: a resume drops lines newer than its checkpoint
-            if (it + 1) % cfg.checkpoint_every == 0 or last:
+            t0, t_checkpoint = time.perf_counter(), 0.0
+            if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.max_iters or over_budget:
                 ray.get(learner.save.remote(str(run.root), cfg.stage, stats, cfg.keep_checkpoints))
+                t_checkpoint = time.perf_counter() - t0  # logged with the next iteration (its line is written)
             metrics.record(record)
             records.append(record)
-            shown = {"reward": "reward", "nll": "sft_nll", "coll": "collision_rate", "off": "offroad_rate",
-                     "kl": "kl_k3"}
-            summary = {k: f"{stats[v]:.3f}" for k, v in shown.items() if v in stats}
-            log.debug("iteration %d: %s", it + 1, summary)
-            bar.update(1)
-            if hasattr(bar, "set_postfix"):  # tqdm on a terminal; plain timestamped lines in logs
-                bar.set_postfix(summary)
+            _show(bar, stats, it)
             if over_budget:
                 log.info("max_minutes=%g reached after iteration %d", cfg.max_minutes, it + 1)
                 break
@@ -238,6 +234,46 @@ def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker]
         pool.shutdown()
         ray.kill(learner)
     return records
+
+
+@dataclass
+class Pending:
+    """One iteration's rollouts, generated before its update, with the driver's timings of that generation.
+
+    Phases in metrics.jsonl: seconds_broadcast, seconds_rollout (driver wall), seconds_rollout_worker and
+    seconds_reward_worker (worker time, summed), the learner's seconds_advantage (rewards and advantages),
+    seconds_reference and seconds_update (the whole update), seconds_eval, and seconds_checkpoint (the checkpoint
+    written after the previous iteration's line)."""
+
+    iteration: int
+    scenes: list
+    batches: list
+    seconds_broadcast: float
+    seconds_rollout: float
+    rollout_worker_restarts: int  # seen by the pool so far
+
+    def phases(self) -> dict[str, float]:
+        return {"seconds_rollout": self.seconds_rollout, "seconds_broadcast": self.seconds_broadcast,
+                "seconds_reward_worker": float(sum(b.seconds.get("reward", 0.0) for b in self.batches)),
+                "seconds_rollout_worker": float(sum(b.seconds.get("rollout", 0.0) for b in self.batches)),
+                "rollout_worker_restarts": self.rollout_worker_restarts}
+
+
+def _timed(record: dict[str, Any], t_iter: float) -> dict[str, Any]:
+    """The iteration's wall time (its rollouts unless generated during the previous update, and its update) and
+    group rate, into `record`."""
+    record["seconds_iteration"] = time.perf_counter() - t_iter
+    record["groups_per_s"] = record["groups"] / record["seconds_iteration"]
+    return record
+
+
+def _show(bar: Any, stats: dict[str, float], it: int) -> None:
+    shown = {"reward": "reward", "nll": "sft_nll", "coll": "collision_rate", "off": "offroad_rate", "kl": "kl_k3"}
+    summary = {k: f"{stats[v]:.3f}" for k, v in shown.items() if v in stats}
+    log.debug("iteration %d: %s", it + 1, summary)
+    bar.update(1)
+    if hasattr(bar, "set_postfix"):  # tqdm on a terminal; plain timestamped lines in logs
+        bar.set_postfix(summary)
 
 
 def drop_metrics_after(run: Any, iteration: int) -> None:

@@ -1,11 +1,17 @@
 """`Learner`: the policy, its optimizer and a frozen reference; one RL update per call (wrapped as a Ray actor).
 
 `update(batches, scenes)` turns rollout groups into rewards and per-token advantages (`trainer.rewards`,
-`trainer.algorithms`), re-scores every group under the reference (no grad) and checks the behaviour log-probs
-(`logp_diff_max`, before the first update), then runs `epochs` passes of minibatches of groups through the policy
-loss (plus GRBO's human regularization), and publishes the new weights under the next policy version. Versions only
-grow, across stages too: a stage starts at its init checkpoint's `policy_version`. The model stays in eval mode
-(no dropout), so re-scoring reproduces the rollouts' behaviour log-probs.
+`trainer.algorithms`), scores every group under the reference (no grad, only when the KL term is on: beta > 0), then
+runs `epochs` passes of minibatches of groups through the policy loss (plus GRBO's human regularization), and
+publishes the new weights under the next policy version. Versions only grow, across stages too: a stage starts at its
+init checkpoint's `policy_version`. The model stays in eval mode (no dropout), so re-scoring reproduces the rollouts'
+behaviour log-probs.
+
+Work per update: each scene is tokenized once; each forward encodes the maps of its minibatch once and packs the
+rollouts of its groups into chunks sized by `forward_mb` (`trainer.rescoring.pack`); the human NLL reuses the same
+map encoding. The behaviour check (`logp_diff_max`) reads the first optimizer step's forward: before that step the
+policy is the behaviour policy of every group of its own version. When no group is of the current version
+(one-step-off), the first group is re-scored under its behaviour weights instead.
 """
 
 from __future__ import annotations
@@ -14,29 +20,32 @@ import copy
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from drivetune.checkpoint import (load_checkpoint, load_numpy_state_dict, load_weights, resolve_checkpoint,
-                                  state_dict_to_numpy)
-from drivetune.model import BehaviorModel, agent_batch, map_batch
+from drivetune.checkpoint import load_checkpoint, load_numpy_state_dict, load_weights, resolve_checkpoint
+from drivetune.checkpoint import state_dict_to_numpy
+from drivetune.model import AgentBatch, agent_batch
+from drivetune.model.behavior import MapContext
 from drivetune.scene import Scene
-from drivetune.tokenizer import tokenize_map, tokenize_scene
+from drivetune.tokenizer import tokenize_scene
 from trainer.algorithms import AlgoConfig, calibrate_alpha, policy_loss, token_advantages
 from trainer.checkpoints import RunDirectory
 from trainer.losses import human_nll, sft_loss
 from trainer.objectives import TokenTargets
-from trainer.rescoring import RescoreInputs, RolloutGroup, score_group, score_rows
-from trainer.rewards import RewardConfig, agent_rewards, rollout_rewards
+from trainer.groups import RolloutGroup
+from trainer.rescoring import (PackedChunk, RescoreInputs, TokenScores, chunk_tokens, encode_maps, pack, score_chunk,
+                               score_group)
+from trainer.rewards import RewardConfig, agent_rewards, weighted_rewards
 
 
 @dataclass
 class LearnerOptim:
-    """AdamW and its per-iteration learning-rate schedule: linear warm-up over `warmup_iters`, then constant or a
-    cosine decay to `min_lr_ratio` × lr at `horizon_iters` (0: the run's max_iters, set by the driver)."""
+    """AdamW and its learning-rate schedule: linear warm-up over `warmup_iters`, then constant or a cosine decay to
+    `min_lr_ratio` × lr at `horizon_iters` (0: the run's max_iters, set by the driver); set per optimizer step."""
 
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -66,17 +75,18 @@ class LearnerConfig:
 
     epochs: int = 1
     minibatch_groups: int = 4  # rollout groups per optimizer step
-    rescore_chunk: int = 8  # rollouts per forward (memory bound)
-    trainable: str = "all"  # all | decoder (CAT-K's fine-tune: map encoder and embeddings frozen)
-    carry_optimizer: bool = False  # start from the init checkpoint's AdamW moments (a pipeline stage's `optimizer: carry`)
+    forward_mb: float = 512.0  # activation memory (MiB) of one training forward: sizes the packed chunks (CPU: 512
+    # ran faster than 2048, cache-sized; a GPU learner wants more)
     device: str = "cpu"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    trainable: str = "all"  # all | decoder (CAT-K's fine-tune: map encoder and embeddings frozen)
+    carry_optimizer: bool = False  # start from the init checkpoint's AdamW moments (a pipeline stage's `optimizer: carry`)
     optim: LearnerOptim = field(default_factory=LearnerOptim)
 
     def validate(self) -> "LearnerConfig":
         bad = [n for n, ok in (("epochs", self.epochs >= 1), ("minibatch_groups", self.minibatch_groups >= 1),
-                               ("rescore_chunk", self.rescore_chunk >= 1), ("optim.lr", self.optim.lr > 0),
+                               ("forward_mb", self.forward_mb > 0), ("optim.lr", self.optim.lr > 0),
                                ("optim.weight_decay", self.optim.weight_decay >= 0),
                                ("optim.grad_clip", self.optim.grad_clip > 0),
                                ("optim.schedule", self.optim.schedule in ("constant", "cosine")),
@@ -88,6 +98,22 @@ class LearnerConfig:
         if bad:
             raise ValueError(f"learner config: bad values for {', '.join(bad)} ({self})")
         return self
+
+
+@dataclass
+class GroupState:
+    """The learner's view of one rollout group during an update."""
+
+    batch: RolloutGroup
+    inputs: RescoreInputs
+    logged: AgentBatch  # [1, A, T] the sim agents' logged tokens (GRBO's human NLL)
+    mask: torch.Tensor  # bool [G, A, 16] the tokens trained on
+    behaviour: torch.Tensor  # float [G, A, 16] the rollouts' behaviour log-probs
+    stats: dict[str, float]
+    reward: np.ndarray | None = None  # [G] (RL)
+    adv: torch.Tensor | None = None  # [G, A, 16] (RL)
+    target: torch.Tensor | None = None  # long [G, A, 16] CAT-K targets (SFT)
+    ref_logp: torch.Tensor | None = None  # [G, A, 16] under the reference (beta > 0)
 
 
 class Learner:
@@ -104,6 +130,7 @@ class Learner:
         self.policy.eval()  # RL runs without dropout: re-scoring must reproduce the behaviour log-probs
         self.reference = copy.deepcopy(self.policy).requires_grad_(False)
         self.vocab = self.policy.vocab.to_torch(cfg.device)
+        self.chunk_tokens = chunk_tokens(self.policy.cfg, cfg.forward_mb)
         self.version = int(meta.get("policy_version", 0))
         self.reference_info = {"path": self.init_path, "policy_version": self.version,
                                "weights_sha256": meta.get("weights_sha256")}
@@ -154,26 +181,23 @@ class Learner:
         return self.iteration
 
     # ------------------------------------------------------------------------------------------------- update
+    @property
+    def sft(self) -> bool:
+        return self.algo.name == "sft"
+
     def update(self, batches: Sequence[RolloutGroup], scenes: Sequence[Any]) -> dict[str, float]:
         """One RL iteration on rollout groups (`scenes[i]` is the scene of `batches[i]`, or its ObjectRef)."""
         t0 = time.perf_counter()
-        scenes = [_resolve(s) for s in scenes]
-        groups = [self._prepare(s, b) for s, b in zip(scenes, batches)]
-        stats = _mean_dicts([g["stats"] for g in groups])
-        if self.sft:
-            for g in groups:  # CAT-K: train on the sampler's target where the log gives one, in the rollout's context
-                g["target"] = torch.tensor(g["batch"].sft_target)
-                g["mask"] &= g["target"] >= 0
-        else:
-            if self.alpha is None:  # alpha: auto = mean reward of the starting policy on its first batch
-                self.alpha = calibrate_alpha(np.concatenate([g["reward"] for g in groups]))
-            for g in groups:
-                g["adv"] = torch.as_tensor(token_advantages(self.algo, g["reward"], g["agent_reward"], g["scored"],
-                                                            g["batch"].token_mask, alpha=self.alpha))
-        stats.update(self._reference_pass(groups))
+        groups = [self._prepare(_resolve(s), b) for s, b in zip(scenes, batches)]
+        stats = _mean_dicts([g.stats for g in groups])
+        self._targets(groups)
+        t_ref = time.perf_counter()
+        self._reference_pass(groups)
+        stats.update(seconds_advantage=t_ref - t0, seconds_reference=time.perf_counter() - t_ref)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.iteration)  # resumable minibatch order
-        n_tokens, steps = 0, []
+        n_tokens, steps, check = 0, [], _Check()
         n_steps = self.cfg.epochs * math.ceil(len(groups) / self.cfg.minibatch_groups)
+        noisy = self.sft and self.algo.dropout  # a dropout forward is not the behaviour policy: check separately
         for _ in range(self.cfg.epochs):
             order = torch.randperm(len(groups), generator=gen).tolist()
             for lo in range(0, len(order), self.cfg.minibatch_groups):
@@ -181,11 +205,13 @@ class Learner:
                 lr = self.cfg.optim.lr_at(self.iteration + (len(steps) + 1) / n_steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                steps.append(self._step(mb))
-                n_tokens += int(sum(g["mask"].sum() for g in mb))
-        stats.update(_mean_dicts(steps))
+                steps.append(self._step(mb, check if not steps and not noisy else None))
+                n_tokens += int(sum(g.mask.sum() for g in mb))
+        if not check.checked:  # no group of the current version read (one-step-off, or SFT with dropout): re-score one
+            self._check_stale(groups[0], check)
+        stats.update(_mean_dicts(steps), logp_diff_max=check.diff, logp_checked_groups=float(len(check.checked)))
         if not self.sft:
-            adv = torch.cat([g["adv"][g["mask"]] for g in groups])
+            adv = torch.cat([g.adv[g.mask] for g in groups])
             stats.update(adv_mean=float(adv.mean()), adv_std=float(adv.std()) if len(adv) > 1 else 0.0,
                          adv_abs_mean=float(adv.abs().mean()))
         lag = [self.version - b.policy_version for b in batches]
@@ -195,21 +221,15 @@ class Learner:
         seconds = time.perf_counter() - t0
         if self.algo.name == "mpo":
             stats["alpha"] = float(self.alpha)
-        stats.update(policy_version=self.version, policy_version_lag=float(np.mean(lag)), learner_tokens_per_s=n_tokens / seconds,
-                     seconds_update=seconds, groups=len(groups), lr=lr)
+        stats.update(policy_version=self.version, policy_version_lag=float(np.mean(lag)),
+                     learner_tokens_per_s=n_tokens / seconds, seconds_update=seconds, groups=len(groups), lr=lr)
         return stats
 
-    @property
-    def sft(self) -> bool:
-        return self.algo.name == "sft"
-
-    def _prepare(self, scene: Scene, batch: RolloutGroup) -> dict[str, Any]:
-        reward = agent_reward = scored = None
+    def _prepare(self, scene: Scene, batch: RolloutGroup) -> GroupState:
         stats: dict[str, float] = {}
+        reward = None
         if not self.sft:
-            reward, terms = rollout_rewards(batch, self.reward)
-            if self.algo.advantage == "agent":
-                agent_reward, scored = agent_rewards(batch, self.reward)
+            reward, terms = weighted_rewards(batch, self.reward)
             stats = {f"reward_{k}": float(np.mean(v)) for k, v in terms.items()}
             stats["reward"] = float(reward.mean())
         gr = batch.group_rewards
@@ -217,85 +237,146 @@ class Learner:
                      collision_rate=gr.get("simulated_collision_rate", float("nan")),
                      offroad_rate=gr.get("simulated_offroad_rate", float("nan")),
                      red_light_rate=gr.get("simulated_traffic_light_violation_rate", float("nan")))
-        return {"scene": scene, "batch": batch, "inputs": RescoreInputs.build(scene, batch, self.vocab),
-                "mask": torch.tensor(batch.token_mask), "reward": reward, "agent_reward": agent_reward,
-                "scored": scored, "stats": stats}
+        logged = agent_batch([tokenize_scene(scene, self.vocab)], [np.asarray(batch.track_index)])
+        return GroupState(batch=batch, inputs=RescoreInputs.from_logged(scene, batch, logged, self.cfg.device),
+                          logged=logged.to(self.cfg.device), mask=torch.tensor(batch.token_mask),
+                          behaviour=torch.tensor(batch.logp), stats=stats, reward=reward)
 
-    def _reference_pass(self, groups: list[dict[str, Any]]) -> dict[str, float]:
-        """Reference log-probs of every group, and the behaviour check: the policy version that generated each
-        group re-scores it; the largest |difference| to the rollout's own log-probs is `logp_diff_max`."""
-        diff = 0.0
-        scratch = None
+    def _targets(self, groups: list[GroupState]) -> None:
+        """SFT: the sampler's targets where the log gives one. RL: per-token advantages (alpha: auto = the mean
+        reward of the starting policy on its first batch)."""
+        if self.sft:
+            for g in groups:
+                g.target = torch.tensor(g.batch.sft_target)
+                g.mask &= g.target >= 0
+            return
+        if self.alpha is None:
+            self.alpha = calibrate_alpha(np.concatenate([g.reward for g in groups]))
         for g in groups:
-            inputs, batch, mask = g["inputs"], g["batch"], g["mask"]
-            if not self.sft:
-                g["ref_logp"] = score_group(self.reference, inputs, self.cfg.rescore_chunk).logp
-            if batch.policy_version == self.version:
-                behaviour = self.policy
-            else:
-                if batch.policy_version not in self._behaviour:
-                    raise RuntimeError(f"group {batch.scenario_id} comes from policy version {batch.policy_version}, "
-                                       f"older than the learner keeps (now {self.version})")
-                scratch = scratch or copy.deepcopy(self.reference)
-                load_numpy_state_dict(scratch, self._behaviour[batch.policy_version])
-                behaviour = scratch
-            logp = score_group(behaviour, inputs, self.cfg.rescore_chunk).logp
-            if mask.any():
-                diff = max(diff, float((logp[mask] - torch.tensor(batch.logp)[mask]).abs().max()))
-        return {"logp_diff_max": diff}
+            agent_reward, scored = agent_rewards(g.batch, self.reward) if self.algo.advantage == "agent" else (None,
+                                                                                                                None)
+            g.adv = torch.as_tensor(token_advantages(self.algo, g.reward, agent_reward, scored, g.batch.token_mask,
+                                                     alpha=self.alpha))
 
-    def _step(self, groups: list[dict[str, Any]]) -> dict[str, float]:
-        """One optimizer step on a minibatch of groups: token-mean policy loss (chunked backward) + human NLL."""
+    @torch.no_grad()
+    def _reference_pass(self, groups: list[GroupState]) -> None:
+        """Reference log-probs of every group, packed, one map encoding per scene; skipped when the KL is off."""
+        if self.sft or self.algo.beta == 0:
+            return
+        inputs = [g.inputs for g in groups]
+        ctx = encode_maps(self.reference, inputs)
+        parts: list[list[torch.Tensor]] = [[] for _ in groups]
+        for chunk in pack(inputs, self.chunk_tokens):
+            for (gi, _), logp in zip(chunk.parts, chunk.split(score_chunk(self.reference, ctx, chunk).logp, inputs)):
+                parts[gi].append(logp)
+        for g, p in zip(groups, parts):  # a group's rows come in order, possibly over several chunks
+            g.ref_logp = torch.cat(p)
+
+    def _step(self, groups: list[GroupState], check: "_Check | None") -> dict[str, float]:
+        """One optimizer step on a minibatch of groups: token-mean policy loss (packed chunks, one backward each) +
+        human NLL; `check` collects the behaviour check from this forward (the first step of an update)."""
         self.optimizer.zero_grad(set_to_none=True)
-        total = max(1, int(sum(g["mask"].sum() for g in groups)))
+        total = max(1, int(sum(g.mask.sum() for g in groups)))
+        inputs = [g.inputs for g in groups]
+        self.policy.train(self.sft and self.algo.dropout)  # BC's dropout in SFT when asked; RL never
+        maps = encode_maps(self.policy, inputs)  # once per step: every chunk reads it, its gradient comes back once
+        ctx = replace(maps, kv=[kv.detach().requires_grad_() for kv in maps.kv])
+        sft_kl = self.sft and self.algo.beta > 0
+        full = self.sft and (self.algo.label_smoothing > 0 or sft_kl)
+        ref_ctx = encode_maps(self.reference, inputs) if sft_kl else None
         parts, entropy = [], []
-        for g in groups:
-            inputs, batch, mask = g["inputs"], g["batch"], g["mask"]
-            behaviour = torch.tensor(batch.logp)
-            for rows in inputs.chunks(self.cfg.rescore_chunk):
-                m = mask[rows]
-                if not m.any():
-                    continue
-                if self.sft:  # cross-entropy on the CAT-K targets (+ BC's smoothing, + KL to the reference)
-                    full = self.algo.label_smoothing > 0 or self.algo.beta > 0
-                    self.policy.train(self.algo.dropout)
-                    scores = score_rows(self.policy, inputs, rows, targets=g["target"][rows], full=full)
-                    self.policy.eval()
-                    ref = None
-                    if self.algo.beta > 0:
-                        with torch.no_grad():
-                            ref = score_rows(self.reference, inputs, rows, full=True).log_probs[m]
-                    out = sft_loss(scores.logp[m], scores.log_probs[m] if full else None, ref,
-                                   self.algo.label_smoothing, self.algo.beta)
-                    loss, part = out.loss, out.stats
-                else:
-                    scores = score_rows(self.policy, inputs, rows)
-                    out = policy_loss(self.algo, scores.logp[m], behaviour[rows][m], g["ref_logp"][rows][m],
-                                      g["adv"][rows][m])
-                    loss, part = out.loss, out.stats
-                (loss * (int(m.sum()) / total)).backward()
-                parts.append((int(m.sum()), part))
-                entropy.append(scores.entropy[m].detach())
+        for chunk in pack(inputs, self.chunk_tokens):
+            m = chunk.gather([g.mask for g in groups], fill=False)
+            if not m.any():
+                continue
+            target = chunk.gather([g.target for g in groups], fill=-1) if self.sft else None
+            scores = score_chunk(self.policy, ctx, chunk, target, full=full)
+            behaviour = chunk.gather([g.behaviour for g in groups])
+            if check is not None:
+                check.read(self.version, [groups[gi].batch for gi, _ in chunk.parts], chunk.split(scores.own, inputs),
+                           chunk.split(behaviour, inputs), chunk.split(m, inputs))
+            if self.sft:  # cross-entropy on the CAT-K targets (+ BC's smoothing, + KL to the reference)
+                ref = None
+                if sft_kl:
+                    with torch.no_grad():
+                        ref = score_chunk(self.reference, ref_ctx, chunk, full=True).log_probs[m]
+                out = sft_loss(scores.logp[m], scores.log_probs[m] if full else None, ref, self.algo.label_smoothing,
+                               self.algo.beta)
+                loss, part = out.loss, out.stats
+            else:
+                out = policy_loss(self.algo, scores.logp[m], behaviour[m], self._ref_logp(groups, chunk, scores)[m],
+                                  chunk.gather([g.adv for g in groups])[m])
+                loss, part = out.loss, out.stats
+            (loss * (int(m.sum()) / total)).backward()
+            parts.append((int(m.sum()), part))
+            entropy.append(scores.entropy[m])
         stats = {k: sum(n * s[k] for n, s in parts) / total for k in (parts[0][1] if parts else {})}
         if self.algo.human_coef > 0:
-            nll = self._human_nll([g["scene"] for g in groups], [g["batch"] for g in groups])
+            nll = self._human_nll(ctx, groups)
             (self.algo.human_coef * nll).backward()
             stats["human_nll"] = nll.item()
+        used = [(kv, leaf.grad) for kv, leaf in zip(maps.kv, ctx.kv) if leaf.grad is not None]
+        if used:
+            torch.autograd.backward(*zip(*used))
+        if self.algo.beta == 0:  # no reference pass: no KL figures (they would read 0)
+            stats = {k: v for k, v in stats.items() if k not in ("kl_k1", "kl_k3")}
+        self.policy.eval()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         stats.update(grad_norm=float(grad_norm), entropy=float(torch.cat(entropy).mean()) if entropy else 0.0)
         return stats
 
-    def _human_nll(self, scenes: list[Scene], batches: list[RolloutGroup]) -> torch.Tensor:
-        """Mean NLL of the logged (human) next tokens of the groups' sim agents under the policy (teacher forced)."""
-        picks = [np.asarray(b.track_index) for b in batches]
-        agents = agent_batch([tokenize_scene(s, self.vocab) for s in scenes], picks).to(self.cfg.device)
-        maps = map_batch([tokenize_map(s) for s in scenes]).to(self.cfg.device)
-        # one scene per row: forward needs rows as a multiple of scenes, which they are (1:1)
-        logits = self.policy(maps, agents)
+    def _ref_logp(self, groups: list[GroupState], chunk: PackedChunk, scores: TokenScores) -> torch.Tensor:
+        """The chunk's reference log-probs; with beta = 0 (no reference pass) the policy's own, detached: the KL
+        term is then 0 with gradient 0, as beta * k3 is with any reference."""
+        if self.algo.beta == 0:
+            return scores.logp.detach()
+        return chunk.gather([g.ref_logp for g in groups])
+
+    def _human_nll(self, ctx: MapContext, groups: list[GroupState]) -> torch.Tensor:
+        """Mean NLL of the logged (human) next tokens of the groups' sim agents under the policy (teacher forced),
+        on the minibatch's map encoding (row i = group i's scene)."""
+        a = max(g.logged.tokens.shape[1] for g in groups)
+        agents = AgentBatch(*(torch.cat([_pad_agents(getattr(g.logged, f), a) for g in groups]) for f in
+                              ("tokens", "poses", "valid", "type_idx", "size")))
+        logits = self.policy.decode(ctx, agents, torch.arange(len(groups), device=agents.tokens.device))
         targets = TokenTargets.from_tokens(agents.tokens, agents.valid)
         logp = torch.log_softmax(logits[:, :, :-1][targets.mask], dim=-1)
         return human_nll(logp.gather(1, targets.targets[targets.mask][:, None])[:, 0])
+
+    def _check_stale(self, group: GroupState, check: "_Check") -> None:
+        """Re-score one group under the (older) policy version that generated it."""
+        version = group.batch.policy_version
+        if version not in self._behaviour:
+            raise RuntimeError(f"group {group.batch.scenario_id} comes from policy version {version}, older than "
+                               f"the learner keeps (now {self.version})")
+        scratch = copy.deepcopy(self.reference)
+        load_numpy_state_dict(scratch, self._behaviour[version])
+        logp = score_group(scratch, group.inputs, group.inputs.num_rollouts).logp
+        check.read(version, [group.batch], [logp], [group.behaviour], [group.mask])
+
+
+@dataclass
+class _Check:
+    """The behaviour check: the largest |re-scored - behaviour| log-prob over the valid tokens of the groups scored
+    with the weights that generated them."""
+
+    diff: float = 0.0
+    checked: set[int] = field(default_factory=set)  # id() of the groups read (a group may span chunks)
+
+    def read(self, version: int, batches: list[RolloutGroup], logp: list[torch.Tensor],
+             behaviour: list[torch.Tensor], mask: list[torch.Tensor]) -> None:
+        for b, lp, bh, m in zip(batches, logp, behaviour, mask):
+            if b.policy_version != version:
+                continue
+            self.checked.add(id(b))
+            if m.any():
+                self.diff = max(self.diff, float((lp[m] - bh[m]).abs().max()))
+
+
+def _pad_agents(x: torch.Tensor, a: int) -> torch.Tensor:
+    """[1, A, ...] -> [1, a, ...] with zeros (invalid agents)."""
+    return torch.nn.functional.pad(x, [0, 0] * (x.dim() - 2) + [0, a - x.shape[1]])
 
 
 def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -307,4 +388,3 @@ def _resolve(obj: Any) -> Any:
     import ray
 
     return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
-

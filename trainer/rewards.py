@@ -13,27 +13,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
 
 import numpy as np
 
+from drivetune.tokenizer import TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE
+from trainer.groups import RolloutGroup
+
 REALISM_TERMS = ("meta_single", "loo_contribution", "group_meta")
 SAFETY_TERMS = ("collision", "offroad", "red_light")
-VEHICLE, PEDESTRIAN, CYCLIST = 0, 1, 2
-# Agent types whose events count, per safety term.
-ELIGIBLE_TYPES = {"collision": (VEHICLE, PEDESTRIAN, CYCLIST), "offroad": (VEHICLE, CYCLIST), "red_light": (VEHICLE,)}
-
-
-class GroupBatch(Protocol):
-    """What the rewards read from a `rollout_workers.batch.RolloutBatch` (trainer does not import rollout_workers)."""
-
-    object_ids: np.ndarray
-    agent_type: np.ndarray
-    rewards: dict[str, np.ndarray]
-    group_rewards: dict[str, Any]
-
-    @property
-    def group_size(self) -> int: ...
+# Agent types (the tokenizer's type index, `RolloutBatch.agent_type`) whose events count, per safety term.
+ELIGIBLE_TYPES = {"collision": (TYPE_VEHICLE, TYPE_PEDESTRIAN, TYPE_CYCLIST), "offroad": (TYPE_VEHICLE, TYPE_CYCLIST),
+                  "red_light": (TYPE_VEHICLE,)}
 
 
 @dataclass
@@ -74,7 +64,7 @@ class RewardConfig:
         return presets[name]
 
 
-def _realism_terms(batch: GroupBatch, cfg: RewardConfig) -> dict[str, np.ndarray]:
+def _realism_terms(batch: RolloutGroup, cfg: RewardConfig) -> dict[str, np.ndarray]:
     G = batch.group_size
     out = {n: np.asarray(batch.rewards[n], np.float64).reshape(G) for n in ("meta_single", "loo_contribution")
            if n in batch.rewards}
@@ -87,7 +77,7 @@ def _realism_terms(batch: GroupBatch, cfg: RewardConfig) -> dict[str, np.ndarray
     return out
 
 
-def _scored_events(batch: GroupBatch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _scored_events(batch: RolloutGroup) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(agent index [G, E] of each scored id, eligible event indicators bool [G, E] per safety term)."""
     if "scored_object_ids" not in batch.rewards:
         raise ValueError("batch.rewards has no scored_object_ids: the group carries no per-agent indicators")
@@ -117,7 +107,7 @@ def _weighted(terms: dict[str, np.ndarray], cfg: RewardConfig, names: tuple[str,
     return total
 
 
-def rollout_rewards(batch: GroupBatch, cfg: RewardConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def weighted_rewards(batch: RolloutGroup, cfg: RewardConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(reward [G], every available term [G], unweighted). Safety terms are shares of scored agents (see module)."""
     G = batch.group_size
     terms = _realism_terms(batch, cfg)
@@ -129,7 +119,7 @@ def rollout_rewards(batch: GroupBatch, cfg: RewardConfig) -> tuple[np.ndarray, d
     return reward, terms
 
 
-def agent_rewards(batch: GroupBatch, cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
+def agent_rewards(batch: RolloutGroup, cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
     """(reward [G, A] in object_ids order, scored bool [A]). A scored agent gets agent_realism_share × the rollout's
     weighted realism reward minus its own weighted collision / offroad / red-light indicators; unscored agents 0."""
     G, A = batch.group_size, len(batch.object_ids)

@@ -19,6 +19,7 @@ from drivetune.tokenizer.map_tokens import NUM_MAP_CATEGORIES, NUM_SIGNAL_CLASSE
 CPU_CHUNK_FLOATS = 2**21  # an incremental step on CPU runs in row chunks whose pair tensors hold about this many floats
 CPU_SPARSE_PAIRS = True  # on CPU, embed only the neighbour pairs inside the radius ...
 SPARSE_MAX_SHARE = 0.8  # ... when at most this share of them is inside
+CPU_COMPACT_PAIRS = True  # on CPU, full-context decoding cuts neighbour lists to the in-radius ones (and as above)
 
 @dataclass
 class MapContext:
@@ -146,23 +147,30 @@ class BehaviorModel(nn.Module):
             return logits.masked_fill(~mask, float("-inf"))
         return logits.masked_fill_(~mask, float("-inf"))  # inference: the head's fresh output, no copy
 
-    def _map_neighbours(self, ctx: MapContext, scene_index: torch.Tensor, poses: torch.Tensor, sparse: bool = False):
+    def _map_neighbours(self, ctx: MapContext, scene_index: torch.Tensor, poses: torch.Tensor, sparse: bool = False,
+                        trim: bool = False):
         """Nearest map tokens of query poses [B, Q, 3]: flat indices into S*M, relative embeddings, mask. Only the
-        grid cell's candidates are measured (exactly the tokens within the radius are among them, see map_grid)."""
+        grid cell's candidates are measured (exactly the tokens within the radius are among them, see map_grid).
+        `trim` (host read: CPU) cuts the lists to the widest in-radius count."""
         cand, dist = ctx.grid.candidates(scene_index, poses[..., :2])  # [B, Q, C]
         pick, mask = nearest(dist, self.cfg.map_neighbors, self.cfg.map_radius ** 2)  # [B, Q, K] (squared distances)
+        if trim:
+            pick, mask = _trim(pick, mask)
         idx = torch.gather(cand, 2, pick)  # padding (masked) points at token 0
         rel = _embed_pairs(self.rel_map, pose_features(poses[:, :, None], _rows(ctx.poses.flatten(0, 1), idx)),
                            mask if sparse else None)
         return idx, rel, mask
 
-    def _agent_neighbours(self, poses: torch.Tensor, valid: torch.Tensor, sparse: bool = False):
-        """Nearest other valid agents at one time: poses [G, A, 3], valid [G, A] -> idx [G, A, K], rel, mask."""
+    def _agent_neighbours(self, poses: torch.Tensor, valid: torch.Tensor, sparse: bool = False, trim: bool = False):
+        """Nearest other valid agents at one time: poses [G, A, 3], valid [G, A] -> idx [G, A, K], rel, mask; `trim`
+        (host read: CPU) cuts the lists to the widest in-radius count."""
         a = poses.shape[1]
         dist = torch.cdist(poses[..., :2], poses[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
         eye = torch.eye(a, dtype=torch.bool, device=poses.device)
         dist = dist.masked_fill(eye | ~valid[:, None, :], float("inf"))
         idx, mask = nearest(dist, self.cfg.agent_neighbors, self.cfg.agent_radius)
+        if trim:
+            idx, mask = _trim(idx, mask)
         key = torch.gather(poses[:, None].expand(-1, a, -1, -1), 2, idx[..., None].expand(-1, -1, -1, 3))
         return idx, _embed_pairs(self.rel_agent, pose_features(poses[:, :, None], key), mask if sparse else None), mask
 
@@ -172,8 +180,9 @@ class BehaviorModel(nn.Module):
         s, m = mb.valid.shape
         if m == 0:
             raise ValueError("map batch has no map tokens (pad with one invalid token)")
-        poses = torch.cat([mb.pos, mb.heading[..., None]], -1).masked_fill(~mb.valid[..., None], 0.0)
-        x = self.map_cat_emb(mb.category) + self.map_sig_emb(mb.signal) + self.map_feat_emb(mb.feat)
+        dtype = self.token_geometry.dtype  # inputs follow the weights (float32, or float64 in exactness tests)
+        poses = torch.cat([mb.pos, mb.heading[..., None]], -1).to(dtype).masked_fill(~mb.valid[..., None], 0.0)
+        x = self.map_cat_emb(mb.category) + self.map_sig_emb(mb.signal) + self.map_feat_emb(mb.feat.to(dtype))
         dist = torch.cdist(poses[..., :2], poses[..., :2], compute_mode="donot_use_mm_for_euclid_dist")
         eye = torch.eye(m, dtype=torch.bool, device=dist.device)
         dist = dist.masked_fill(eye | ~mb.valid[:, None, :], float("inf"))
@@ -191,14 +200,22 @@ class BehaviorModel(nn.Module):
     # ---------------------------------------------------------- full context
     def forward(self, mb: MapBatch, agents: AgentBatch) -> torch.Tensor:
         """Teacher-forced logits [B, A, T, V]; logits[:, :, i] predict token i + 1. B must be a multiple of S."""
-        ctx = self.encode_map(mb)
+        return self.decode(self.encode_map(mb), agents)
+
+    def decode(self, ctx: MapContext, agents: AgentBatch, scene_index: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` on an encoded map: row b of `agents` lies in scene `scene_index[b]` of `ctx` (default: B / S
+        consecutive rows per scene), so one encoding serves any number of rows. On CPU the neighbour lists are cut
+        to their widest in-radius count and only in-radius pairs are embedded (masked pairs weigh exactly 0)."""
         b, a, t = agents.tokens.shape
-        scene_index = _scene_index(b, ctx.num_scenes, agents.tokens.device)
+        if scene_index is None:
+            scene_index = _scene_index(b, ctx.num_scenes, agents.tokens.device)
+        compact = CPU_COMPACT_PAIRS and agents.tokens.device.type == "cpu"  # (host reads of the masks: CPU only)
         valid = agents.valid
-        poses = agents.poses.masked_fill(~valid[..., None], 0.0)
+        poses = agents.poses.to(self.token_geometry.dtype).masked_fill(~valid[..., None], 0.0)
         prev = torch.cat([torch.zeros_like(poses[:, :, :1]), poses[:, :, :-1]], 2)
         prev_valid = torch.cat([torch.zeros_like(valid[:, :, :1]), valid[:, :, :-1]], 2)
-        x = self._embed(agents.tokens, agents.type_idx, agents.size, poses, prev, prev_valid).flatten(0, 2)
+        size = agents.size.to(poses.dtype)
+        x = self._embed(agents.tokens, agents.type_idx, size, poses, prev, prev_valid).flatten(0, 2)
         dev = poses.device  # x: [N, H], N = B*A*T in (b, a, t) order
         # temporal: the previous W tokens of the same agent, oldest first (lags W..1)
         w = self.cfg.time_span
@@ -215,11 +232,11 @@ class BehaviorModel(nn.Module):
         row = torch.arange(b * a, device=dev).view(b, a, 1, 1) * t
         t_idx = (row + src_t).flatten(0, 2)
         # map: nearest map tokens of each (agent, time) pose
-        m_idx, m_rel, m_mask = self._map_neighbours(ctx, scene_index, poses.flatten(1, 2))
+        m_idx, m_rel, m_mask = self._map_neighbours(ctx, scene_index, poses.flatten(1, 2), compact, compact)
         m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
         # agents: nearest other agents at the same time
         a_idx, a_rel, a_mask = self._agent_neighbours(poses.transpose(1, 2).flatten(0, 1),
-                                                      valid.transpose(1, 2).flatten(0, 1))  # groups (b, t)
+                                                      valid.transpose(1, 2).flatten(0, 1), compact, compact)
         k = a_idx.shape[-1]
         a_idx = a_idx.view(b, t, a, k).transpose(1, 2)  # [B, A, T, K]
         base = torch.arange(b, device=dev).view(b, 1, 1, 1) * a * t + torch.arange(t, device=dev).view(1, 1, t, 1)
@@ -324,6 +341,12 @@ def _scene_index(rows: int, scenes: int, device: torch.device) -> torch.Tensor:
     if rows % scenes:
         raise ValueError(f"{rows} agent rows is not a multiple of {scenes} map scenes")
     return torch.arange(scenes, device=device).repeat_interleave(rows // scenes)
+
+
+def _trim(idx: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neighbour lists [..., K] (nearest first: in-radius entries lead) cut to the widest in-radius count."""
+    k = max(1, int(mask.sum(-1).max())) if mask.numel() else mask.shape[-1]
+    return idx[..., :k], mask[..., :k]
 
 
 def _embed_pairs(emb: FourierEmbedding, feats: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -224,11 +224,12 @@ class RelAttention(nn.Module):
         h = x.shape[-1]
         heads, dh = self.heads, h // self.heads
         xn, q, q_rel = self._query(x)
+        keys, values = kv.split(h, dim=-1)  # one split: its backward is one concatenation, not two padded copies
         # every head's q·k at once: keys [N, K, H] times the block-diagonal per-head query [N, H, heads]
         q_diag = (q[..., None] * torch.eye(heads, dtype=q.dtype, device=q.device)[:, None]).view(n, h, heads)
-        weights = self._scores(torch.bmm(kv[..., :h], q_diag), rel, q_rel, mask, dh)  # [N, K, heads]
+        weights = self._scores(torch.bmm(keys, q_diag), rel, q_rel, mask, dh)  # [N, K, heads]
         # every head's weights times all values, keep each head's own block (the diagonal)
-        mixed = torch.bmm(weights.transpose(1, 2), kv[..., h:]).view(n, heads, heads, dh)
+        mixed = torch.bmm(weights.transpose(1, 2), values).view(n, heads, heads, dh)
         attended = mixed.diagonal(dim1=1, dim2=2).transpose(1, 2)
         if self.has_rel:
             attended = attended + self._rel_values(weights, rel)

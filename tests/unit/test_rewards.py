@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from rollout_workers.batch import RolloutBatch
-from trainer.rewards import RewardConfig, agent_rewards, rollout_rewards
+from trainer.rewards import RewardConfig, agent_rewards, weighted_rewards
 
 WEIGHTS = RewardConfig(meta_single=1.0, loo_contribution=2.0, group_meta=0.5, collision=1.0, offroad=0.5,
                        red_light=3.0, agent_realism_share=0.5)
@@ -47,7 +47,7 @@ def _batch(**reward_overrides) -> RolloutBatch:
 
 
 def test_rollout_rewards_terms_and_weighted_sum():
-    reward, terms = rollout_rewards(_batch(), WEIGHTS.validate())
+    reward, terms = weighted_rewards(_batch(), WEIGHTS.validate())
     np.testing.assert_allclose(terms["collision"], [1 / 3, 0.0], atol=1e-12)
     np.testing.assert_allclose(terms["offroad"], [1 / 3, 1 / 3], atol=1e-12)  # cyclist in r0, vehicle 40 in r1
     np.testing.assert_allclose(terms["red_light"], [0.0, 1 / 3], atol=1e-12)
@@ -65,7 +65,7 @@ def test_agent_rewards_map_scored_ids_and_ignore_ineligible_types():
             [0.3775, 0.3775, 0.0, 0.3775 - 0.5 - 3.0]]  # vehicle 40: offroad and red light
     np.testing.assert_allclose(reward, want, atol=1e-12)
     # the rollout's safety penalty is the mean of its scored agents' penalties
-    roll, _ = rollout_rewards(_batch(), WEIGHTS)
+    roll, _ = weighted_rewards(_batch(), WEIGHTS)
     realism = np.array([0.895, 0.755])
     np.testing.assert_allclose(realism - roll, -(reward[:, scored] - 0.5 * realism[:, None]).mean(1), atol=1e-12)
 
@@ -74,7 +74,7 @@ def test_red_light_counts_vehicles_only_and_pedestrian_offroad_never():
     # Every scored agent has every event: the pedestrian's offroad and the cyclist's red light must not count.
     full = np.ones((2, 3), bool)
     b = _batch(collision=np.zeros((2, 3), bool), offroad=full, red_light=full)
-    _, terms = rollout_rewards(b, RewardConfig(offroad=1.0, red_light=1.0))
+    _, terms = weighted_rewards(b, RewardConfig(offroad=1.0, red_light=1.0))
     np.testing.assert_allclose(terms["offroad"], [2 / 3, 2 / 3], atol=1e-12)  # vehicle 40 and cyclist 30
     np.testing.assert_allclose(terms["red_light"], [1 / 3, 1 / 3], atol=1e-12)  # vehicle 40 only
     reward, _ = agent_rewards(b, RewardConfig(offroad=1.0, red_light=1.0))
@@ -84,8 +84,8 @@ def test_red_light_counts_vehicles_only_and_pedestrian_offroad_never():
 def test_missing_terms_and_bad_ids():
     b = _batch(meta_single=None)
     with pytest.raises(ValueError, match="meta_single"):
-        rollout_rewards(b, RewardConfig(meta_single=1.0))
-    reward, terms = rollout_rewards(b, RewardConfig(collision=1.0))  # an unweighted missing term is just not logged
+        weighted_rewards(b, RewardConfig(meta_single=1.0))
+    reward, terms = weighted_rewards(b, RewardConfig(collision=1.0))  # an unweighted missing term is just not logged
     assert "meta_single" not in terms and np.allclose(reward, [-1 / 3, 0.0])
     with pytest.raises(ValueError, match=r"\[77\]"):
         agent_rewards(_batch(scored_object_ids=np.array([[40, 77, 30]] * 2)), RewardConfig(collision=1.0))

@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
 
 
 def _learner(ckpt, lr: float = 1e-3, algo: AlgoConfig | None = None, **cfg) -> Learner:
-    cfg = LearnerConfig(epochs=1, minibatch_groups=1, rescore_chunk=2, optim=LearnerOptim(lr=lr), **cfg)
+    cfg = LearnerConfig(epochs=1, minibatch_groups=1, forward_mb=64, optim=LearnerOptim(lr=lr), **cfg)
     return Learner(ckpt, algo or AlgoConfig(name="sft", beta=0.0), RewardConfig(), cfg)
 
 
