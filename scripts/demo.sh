@@ -35,6 +35,7 @@ echo "== 4. train pipeline from the base: CAT-K closed-loop SFT -> GRBO ($RL_ITE
   "stages=[{name: sft, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4]},
            {name: grbo, kind: rft, config: configs/rft_grbo_micro.yaml, overrides: [max_iters=$RL_ITERS]},
            {name: sft2, kind: sft, config: configs/sft_catk_micro.yaml, overrides: [max_iters=4, algo.beta=8]}]"
+# (the final SFT's algo.beta: exact KL to the GRBO policy it starts from, so it keeps RL's gains: docs/results.md)
 "$DT" lineage "$OUT/pipeline"
 "$DT" plot "$OUT/pipeline/01-grbo" --out "$OUT/grbo_curves.png"
 
@@ -45,17 +46,17 @@ echo "== 5. evaluate the base against every stage: the same held-out scenes, see
   "$OUT"/pipeline/01-grbo "$OUT"/pipeline/02-sft2 --rollouts 32 --batch-scenes 2 --sampler topk --k 16 \
   --out "$OUT/eval"
 
-# The GRBO stage is served: in this short micro setting the last SFT stage gives GRBO's gains back (README, results)
-echo "== 6. the post-trained (GRBO) model on the real WOMD scenario: rollouts, realism table, submission, PNG"
+# The last stage is served: its KL to the GRBO policy keeps RL's gains (README, docs/results.md)
+echo "== 6. the post-trained model (the final SFT stage) on the real WOMD scenario: rollouts, realism table, submission, PNG"
 if [[ -f "$REAL" ]]; then
-  "$DT" simulate "$REAL" --checkpoint "$OUT/pipeline/01-grbo" --rollouts 32 --sampler topk --k 16 \
+  "$DT" simulate "$REAL" --checkpoint "$OUT/pipeline/02-sft2" --rollouts 32 --sampler topk --k 16 \
     --out "$OUT/simulate" --submission --render
 else
   echo "   (../shared/data/womd not found: skipped)"
 fi
 if [[ -f "$REAL" ]]; then
   echo "== 7. serve it: a private Ray Serve service; a client drives the SDC from the log, the service the others (4 x 8 s)"
-  "$DT" serve-demo --checkpoint "$OUT/pipeline/01-grbo" --scenario "$REAL" --out "$OUT/serve-demo" --rollouts 4 \
+  "$DT" serve-demo --checkpoint "$OUT/pipeline/02-sft2" --scenario "$REAL" --out "$OUT/serve-demo" --rollouts 4 \
     --sampler topk --k 16
 fi
 echo "== done in ${SECONDS} s: see $OUT/ (pipeline stages + lineage, eval/eval.md + charts + side-by-side render,"
