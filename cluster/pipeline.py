@@ -10,18 +10,14 @@ the chain.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drivetune.config import ConfigError, load_config
-from drivetune.errors import InputError
-from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
 
 log = logging.getLogger("drivetune.pipeline")
 KINDS = ("pretrain", "sft", "rft")
@@ -120,24 +116,3 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> list[dict[str, A
         records.append(record)
         init = str(final)
     return records
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML pipeline (e.g. configs/pipeline_micro.yaml)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run_dir=runs/p shards=DIR")
-
-
-def run(args: argparse.Namespace) -> int:
-    set_process_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(PipelineConfig, args.config, args.overrides).validate()
-        with ray_session(args.address or os.environ.get("RAY_ADDRESS"), dashboard=True, log_to_driver=verbose_ray()):
-            records = run_pipeline(cfg, progress=not args.no_progress)
-    except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
-        raise InputError(str(exc)) from None
-    for r in records:
-        log.info("%-10s %-8s v%-4d %s", r["name"], r["kind"], r["policy_version"], r["checkpoint"])
-    return 0

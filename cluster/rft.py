@@ -17,9 +17,7 @@ with the same `run_dir` resumes at the next iteration with the next policy versi
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import time
 import uuid
 from collections import deque
@@ -29,10 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from drivetune.checkpoint import CheckpointError, read_model_spec, resolve_checkpoint
-from drivetune.config import ConfigError, load_config, to_dict
-from drivetune.errors import InputError
-from drivetune.ray_runtime import ray_session, set_process_env, verbose_ray
+from drivetune.config import ConfigError, to_dict
+from drivetune.rollout_config import SDC_MODES_OFFLINE as SDC_MODES
 from drivetune.samplers import SamplerConfig
 from rollout_workers import PolicySpec, PoolConfig, RolloutPool, RolloutWorker
 from trainer.algorithms import AlgoConfig
@@ -40,7 +36,6 @@ from trainer.learner import Learner, LearnerConfig
 from trainer.rewards import RewardConfig
 
 log = logging.getLogger("drivetune.rft")
-SDC_MODES = ("policy", "log")
 
 
 @dataclass
@@ -99,6 +94,8 @@ class RFTConfig:
         need(self.eval_every >= 0 and self.eval_scenes >= 1 and self.eval_rollouts >= 2, "bad eval settings")
         need(0.0 < self.data.fraction <= 1.0, f"data.fraction must be in (0, 1], got {self.data.fraction}")
         need(0.0 <= self.data.eval_fraction < 1.0, f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
+        need(self.algo.distribution == "full" or self.sampler.kind == "topk", "algo.distribution 'sampler' trains "
+             f"on top-K's own candidate distribution: it needs sampler.kind topk, got {self.sampler.kind!r}")
         need(self.algo.name != "sft" or self.sampler.kind == "catk", "closed-loop SFT (algo.name: sft) needs the "
              f"catk sampler (its targets), got sampler.kind {self.sampler.kind!r}")
         try:
@@ -189,7 +186,8 @@ def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker]
         scenes = sampler.draw(cfg.scenes_per_iter, cfg.seed, iteration)
         t0 = time.perf_counter()
         got = {b.scenario_id: b for b in pool.generate(scenes, cfg.group_size, cfg.sampler, seed=cfg.seed * 7919
-                                                        + iteration, sdc=cfg.sdc)}
+                                                        + iteration, sdc=cfg.sdc,
+                                                        return_topk=cfg.algo.distribution == "sampler")}
         return Pending(iteration, scenes, [got[s.scenario_id] for s in scenes], t_broadcast,
                        time.perf_counter() - t0, pool.restarts_seen)
 
@@ -304,37 +302,3 @@ def evaluate(weights: dict[str, np.ndarray], spec: PolicySpec, sampler: SceneSam
     keep = ("metametric", "simulated_collision_rate", "simulated_offroad_rate",
             "simulated_traffic_light_violation_rate", "min_average_displacement_error")
     return {f"eval_{k}": float(result["mean"][k]) for k in keep}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config (e.g. configs/rft_grbo_micro.yaml)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. init=runs/bc max_iters=20")
-
-
-def run(args: argparse.Namespace) -> int:
-    return run_stage(args, sft=False)
-
-
-def run_stage(args: argparse.Namespace, sft: bool) -> int:
-    """`train rft` (sft=False) or `train sft` (sft=True: the config must be a CAT-K SFT one)."""
-    set_process_env()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(RFTConfig, args.config, args.overrides).validate()
-        if (cfg.algo.name == "sft") != sft:
-            raise ConfigError(f"{args.config}: algo.name {cfg.algo.name!r} does not fit `drivetune train "
-                              f"{'sft' if sft else 'rft'}` (use `train sft` for algo.name: sft, `train rft` otherwise)")
-        read_model_spec(resolve_checkpoint(cfg.init))  # missing, damaged or of another model version: before Ray
-    except (ConfigError, CheckpointError) as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
-        raise InputError(str(exc)) from None
-    try:
-        with ray_session(args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=verbose_ray()):
-            records = train(cfg, progress=not args.no_progress)
-    except ConfigError as exc:  # `drivetune train ...: error: ...`, exit 2 (drivetune.cli)
-        raise InputError(str(exc)) from None
-    last = records[-1] if records else {}
-    log.info("done: %d iterations this run; last reward %.4f; run dir %s", len(records), last.get("reward", 0.0),
-             cfg.run_dir)
-    return 0

@@ -17,7 +17,8 @@ from trainer.losses import LossOutput, mpo_loss, ppo_clip_loss
 
 ALGORITHMS = ("mpo", "grpo", "grbo", "sft")  # sft: CAT-K closed-loop SFT (cross-entropy on the sampler's targets)
 ADVANTAGES = ("rollout", "agent")
-BASELINES = ("alpha", "loo")  # MPO: SMART-R1's constant α, or each rollout against the mean of its group's others
+BASELINES = ("alpha", "loo")
+DISTRIBUTIONS = ("full", "sampler")  # what RL's log-probs are taken under: the full softmax, or top-K's own candidates  # MPO: SMART-R1's constant α, or each rollout against the mean of its group's others
 
 
 @dataclass
@@ -33,6 +34,7 @@ class AlgoConfig:
     advantage: str = "rollout"  # rollout | agent (agent: GRBO only)
     std_eps: float = 1e-6  # ε of the group normalisation
     std_floor: float = 0.0  # the group std is taken as at least this (preset 0.05): noise stays small
+    distribution: str = "full"  # RL log-probs: full softmax | sampler (top-K's renormalised candidate set)
     label_smoothing: float = 0.0  # sft: BC's label smoothing on the CAT-K targets
     dropout: bool = False  # sft: train with the model's dropout and history dropout, as BC (RL never does)
 
@@ -58,6 +60,8 @@ class AlgoConfig:
             raise ValueError(f"algo.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if (self.label_smoothing > 0 or self.dropout) and self.name != "sft":
             raise ValueError(f"algo.label_smoothing and algo.dropout regularise SFT; {self.name} needs 0 / false")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"algo.distribution {self.distribution!r} unknown (choose from {', '.join(DISTRIBUTIONS)})")
         if self.baseline not in BASELINES:
             raise ValueError(f"algo.baseline {self.baseline!r} unknown (choose from {', '.join(BASELINES)})")
         if self.advantage not in ADVANTAGES:

@@ -21,7 +21,10 @@ class RolloutGroup(Protocol):
     sdc: str
     policy_version: int
     tokens: np.ndarray  # int64 [G, A, 16]
-    logp: np.ndarray  # float32 [G, A, 16] behaviour log-probs
+    logp: np.ndarray  # float32 [G, A, 16] behaviour log-probs (full softmax, temperature 1)
+    sampler_logp: np.ndarray  # float32 [G, A, 16] log-probs under the distribution the sampler drew from
+    sampler: dict[str, Any]  # the SamplerConfig the rollouts used (kind, k, temperature, ...)
+    topk: np.ndarray | None  # int64 [G, A, 16, K] candidate sets, when the rollouts kept them
     token_mask: np.ndarray  # bool [G, A, 16]
     boundary_poses: np.ndarray  # float32 [G, A, 17, 3]
     rewards: dict[str, np.ndarray]

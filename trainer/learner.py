@@ -37,8 +37,8 @@ from trainer.checkpoints import RunDirectory
 from trainer.losses import human_nll, sft_loss
 from trainer.objectives import TokenTargets
 from trainer.groups import RolloutGroup
-from trainer.rescoring import (PackedChunk, RescoreInputs, TokenScores, chunk_tokens, encode_maps, pack, score_chunk,
-                               score_group)
+from trainer.rescoring import (Candidates, PackedChunk, RescoreInputs, TokenScores, chunk_tokens, encode_maps, pack,
+                               score_chunk, score_group)
 from trainer.rewards import RewardConfig, agent_rewards, weighted_rewards
 
 
@@ -113,6 +113,7 @@ class GroupState:
     reward: np.ndarray | None = None  # [G] (RL)
     adv: torch.Tensor | None = None  # [G, A, 16] (RL)
     target: torch.Tensor | None = None  # long [G, A, 16] CAT-K targets (SFT)
+    candidates: Candidates | None = None  # top-K's candidate sets (algo.distribution: sampler)
     ref_logp: torch.Tensor | None = None  # [G, A, 16] under the reference (beta > 0)
 
 
@@ -238,9 +239,18 @@ class Learner:
                      offroad_rate=gr.get("simulated_offroad_rate", float("nan")),
                      red_light_rate=gr.get("simulated_traffic_light_violation_rate", float("nan")))
         logged = agent_batch([tokenize_scene(scene, self.vocab)], [np.asarray(batch.track_index)])
+        behaviour, candidates = torch.tensor(batch.logp), None
+        if self.algo.distribution == "sampler":  # RL on top-K's own distribution: its candidates and log-probs
+            if batch.topk is None or batch.sampler.get("kind") != "topk":
+                raise ValueError(f"algo.distribution 'sampler' needs top-K rollouts that kept their candidate sets; "
+                                 f"group {batch.scenario_id} has sampler {batch.sampler.get('kind')!r}, topk "
+                                 f"{'missing' if batch.topk is None else 'kept'}")
+            behaviour = torch.tensor(batch.sampler_logp)
+            candidates = Candidates(torch.tensor(batch.topk, device=self.cfg.device),
+                                    float(batch.sampler.get("temperature", 1.0)))
         return GroupState(batch=batch, inputs=RescoreInputs.from_logged(scene, batch, logged, self.cfg.device),
                           logged=logged.to(self.cfg.device), mask=torch.tensor(batch.token_mask),
-                          behaviour=torch.tensor(batch.logp), stats=stats, reward=reward)
+                          behaviour=behaviour, stats=stats, reward=reward, candidates=candidates)
 
     def _targets(self, groups: list[GroupState]) -> None:
         """SFT: the sampler's targets where the log gives one. RL: per-token advantages (alpha: auto = the mean
@@ -267,7 +277,8 @@ class Learner:
         ctx = encode_maps(self.reference, inputs)
         parts: list[list[torch.Tensor]] = [[] for _ in groups]
         for chunk in pack(inputs, self.chunk_tokens):
-            for (gi, _), logp in zip(chunk.parts, chunk.split(score_chunk(self.reference, ctx, chunk).logp, inputs)):
+            logp = score_chunk(self.reference, ctx, chunk, candidates=_candidates(groups, chunk)).logp
+            for (gi, _), logp in zip(chunk.parts, chunk.split(logp, inputs)):
                 parts[gi].append(logp)
         for g, p in zip(groups, parts):  # a group's rows come in order, possibly over several chunks
             g.ref_logp = torch.cat(p)
@@ -290,7 +301,7 @@ class Learner:
             if not m.any():
                 continue
             target = chunk.gather([g.target for g in groups], fill=-1) if self.sft else None
-            scores = score_chunk(self.policy, ctx, chunk, target, full=full)
+            scores = score_chunk(self.policy, ctx, chunk, target, full=full, candidates=_candidates(groups, chunk))
             behaviour = chunk.gather([g.behaviour for g in groups])
             if check is not None:
                 check.read(self.version, [groups[gi].batch for gi, _ in chunk.parts], chunk.split(scores.own, inputs),
@@ -352,7 +363,7 @@ class Learner:
                                f"the learner keeps (now {self.version})")
         scratch = copy.deepcopy(self.reference)
         load_numpy_state_dict(scratch, self._behaviour[version])
-        logp = score_group(scratch, group.inputs, group.inputs.num_rollouts).logp
+        logp = score_group(scratch, group.inputs, group.inputs.num_rollouts, group.candidates).logp
         check.read(version, [group.batch], [logp], [group.behaviour], [group.mask])
 
 
@@ -372,6 +383,13 @@ class _Check:
             self.checked.add(id(b))
             if m.any():
                 self.diff = max(self.diff, float((lp[m] - bh[m]).abs().max()))
+
+
+def _candidates(groups: list[GroupState], chunk: PackedChunk) -> Candidates | None:
+    """The chunk's top-K candidate sets [R, A', 16, K] when RL runs on the sampler's distribution, else None."""
+    if groups[0].candidates is None:
+        return None
+    return Candidates(chunk.gather([g.candidates.ids for g in groups]), groups[0].candidates.temperature)
 
 
 def _pad_agents(x: torch.Tensor, a: int) -> torch.Tensor:

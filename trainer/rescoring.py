@@ -27,10 +27,19 @@ from drivetune.model import AgentBatch, BehaviorModel, MapBatch, agent_batch, ma
 from drivetune.model.behavior import MapContext
 from drivetune.model.config import ModelConfig
 from drivetune.model.map_grid import build_map_grid
+from drivetune.samplers import candidate_log_probs
 from drivetune.scene import Scene
 from drivetune.tokenizer import TOKEN_STEPS, MapTokens, TorchVocab, tokenize_map, tokenize_scene
 from drivetune.tokenizer.layout import CURRENT_BOUNDARY
 from trainer.groups import RolloutGroup
+
+
+@dataclass
+class Candidates:
+    """A top-K sampler's candidate sets [g, A, 16, K] (ids, what `RolloutBatch.topk` records) and its temperature."""
+
+    ids: torch.Tensor
+    temperature: float = 1.0
 
 
 @dataclass
@@ -113,10 +122,15 @@ class RescoreInputs:
 
 
 def token_scores(logits: torch.Tensor, chosen: torch.Tensor, targets: torch.Tensor | None = None,
-                 full: bool = False) -> TokenScores:
+                 full: bool = False, candidates: Candidates | None = None) -> TokenScores:
     """Scores of `chosen` token ids [g, A, 16] under logits [g, A, 16, V]; with `targets` (CAT-K's SFT targets,
-    negative = none) those are scored instead and negative ids score 0; `full` keeps every id's log-prob."""
-    logp_all = torch.log_softmax(logits, dim=-1)
+    negative = none) those are scored instead and negative ids score 0; `full` keeps every id's log-prob. With
+    `candidates` the distribution is top-K's own: the softmax of logits / τ over each state's candidate ids."""
+    if candidates is not None:
+        logp_all = candidate_log_probs(logits, candidates.ids, candidates.temperature)
+        chosen = (candidates.ids == chosen[..., None]).to(torch.long).argmax(-1)  # the column of the sampled id
+    else:
+        logp_all = torch.log_softmax(logits, dim=-1)
     picked = chosen if targets is None else targets.clamp_min(0)
     logp = logp_all.gather(-1, picked[..., None])[..., 0]
     if targets is not None:
@@ -129,19 +143,22 @@ def token_scores(logits: torch.Tensor, chosen: torch.Tensor, targets: torch.Tens
 
 
 def score_rows(model: BehaviorModel, inputs: RescoreInputs, rows: torch.Tensor,
-               targets: torch.Tensor | None = None) -> TokenScores:
+               targets: torch.Tensor | None = None, candidates: Candidates | None = None) -> TokenScores:
     """Log-probs and entropies [g, A, 16] of the given rollouts' tokens (or of other `targets` [g, A, 16] in the same
     context, e.g. CAT-K's SFT targets; negative ids score 0) under `model`; gradients flow if enabled. The caller sets
     the model's mode; RL keeps it in eval mode (no dropout)."""
     rows = rows.to(inputs.tokens.device)
     logits = model(inputs.maps(), inputs.agent_inputs(rows))[:, :, CURRENT_BOUNDARY - 1 :]  # predict tokens 0..15
-    return token_scores(logits, inputs.tokens[rows], targets)
+    if candidates is not None:  # the group's candidate sets [G, A, 16, K] -> these rows'
+        candidates = Candidates(candidates.ids[rows], candidates.temperature)
+    return token_scores(logits, inputs.tokens[rows], targets, candidates=candidates)
 
 
 @torch.no_grad()
-def score_group(model: BehaviorModel, inputs: RescoreInputs, chunk: int = 8) -> TokenScores:
+def score_group(model: BehaviorModel, inputs: RescoreInputs, chunk: int = 8,
+                candidates: Candidates | None = None) -> TokenScores:
     """No-grad scores of every rollout of a group, chunk by chunk (reference and behaviour checks)."""
-    parts = [score_rows(model, inputs, rows) for rows in inputs.chunks(chunk)]
+    parts = [score_rows(model, inputs, rows, candidates=candidates) for rows in inputs.chunks(chunk)]
     return TokenScores(*(torch.cat([getattr(p, f) for p in parts]) for f in ("logp", "entropy", "own")))
 
 
@@ -248,8 +265,8 @@ def encode_maps(model: BehaviorModel, inputs: Sequence[RescoreInputs]) -> MapCon
                                                                           model.cfg.map_radius))
 
 
-def score_chunk(model: BehaviorModel, ctx: MapContext, chunk: PackedChunk,
-                targets: torch.Tensor | None = None, full: bool = False) -> TokenScores:
+def score_chunk(model: BehaviorModel, ctx: MapContext, chunk: PackedChunk, targets: torch.Tensor | None = None,
+                full: bool = False, candidates: Candidates | None = None) -> TokenScores:
     """`score_rows` for a packed chunk on encoded maps: scores [R, A', 16] (padding agents score garbage)."""
     logits = model.decode(ctx, chunk.agents, chunk.scene_index)[:, :, CURRENT_BOUNDARY - 1 :]
-    return token_scores(logits, chunk.tokens, targets, full)
+    return token_scores(logits, chunk.tokens, targets, full, candidates)

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from drivetune.commands.train_rft import add_arguments
+from drivetune.commands.train_rft import add_arguments, run_stage
 
 __all__ = ["add_arguments", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.rft import run_stage  # torch and Ray load here, not for --help
-
     return run_stage(args, sft=True)

@@ -154,3 +154,25 @@ def test_behaviour_check_reads_the_first_forward(groups):
     assert stale["logp_diff_max"] <= 1e-4
     moved = learner.update([dataclasses.replace(b, policy_version=2) for b in batches], scenes)
     assert moved["logp_diff_max"] > 1e-3  # read as version 2's: the check sees the trained weights differ
+
+
+def test_rl_on_the_samplers_own_distribution(groups):
+    """`algo.distribution: sampler`: the learner re-scores each token under top-K's renormalised candidate set, which
+    reproduces the sampler's own log-probs (not the full softmax's), in the first forward and for a stale group."""
+    bc, scenes, _ = groups
+    worker = RolloutWorker(PolicySpec.from_checkpoint(bc, reward_agents="all"))
+    worker.set_weights(state_dict_to_numpy(load_checkpoint(bc)[0]), 0)
+    batches = [worker.generate([s], 3, SamplerConfig(kind="topk", k=8, temperature=0.8), seed=2, return_topk=True)[0]
+               for s in scenes]
+    mask = batches[0].token_mask
+    assert np.abs(batches[0].logp - batches[0].sampler_logp)[mask].max() > 1e-2  # two different distributions
+    algo = AlgoConfig(name="grbo", beta=0.04, clip_eps=0.2, human_coef=0.1, distribution="sampler")
+    learner = Learner(bc, algo, RewardConfig.preset("grbo"), LearnerConfig(epochs=1, minibatch_groups=3,
+                                                                           optim=LearnerOptim(lr=1e-2)))
+    stats = learner.update(batches, scenes)  # one step: its forward is before any update
+    assert stats["logp_checked_groups"] == 3 and stats["logp_diff_max"] <= 1e-4
+    assert stats["kl_k3"] < 1e-6  # the reference on the same candidate sets: the policy has not moved yet
+    stale = learner.update(batches, scenes)  # one version behind: re-scored under its own weights and candidates
+    assert stale["logp_checked_groups"] == 1 and stale["logp_diff_max"] <= 1e-4 and stale["kl_k3"] > 1e-6
+    with pytest.raises(ValueError, match="candidate sets"):
+        learner.update([dataclasses.replace(b, topk=None) for b in batches], scenes)

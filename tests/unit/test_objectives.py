@@ -257,7 +257,7 @@ def test_algo_presets_and_validation():
            ({"name": "grpo", "advantage": "agent"}, "algo.advantage"), ({"name": "mpo", "human_coef": 0.1},
                                                                          "algo.human_coef"),
            ({"std_eps": 0.0}, "algo.std_eps"), ({"std_floor": -0.1}, "algo.std_floor"),
-           ({"baseline": "critic"}, "algo.baseline")]
+           ({"baseline": "critic"}, "algo.baseline"), ({"distribution": "topk"}, "algo.distribution")]
     for kwargs, field in bad:
         with pytest.raises(ValueError, match=field):
             AlgoConfig(**kwargs).validate()
