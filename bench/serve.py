@@ -197,7 +197,7 @@ def main() -> None:
 
     from drivetune.ray_runtime import ray_session
     from services.launch import app_config, apply_config, free_port
-    from services.config import ServeConfig
+    from services.serve_config import ServeConfig
 
     torch.set_num_threads(1)
     payload = next(read_records(SCENARIO))[1]
@@ -260,7 +260,7 @@ def ops_figures(args: argparse.Namespace) -> None:
 
     from drivetune.ray_runtime import ray_session
     from services.launch import app_config, apply_config, free_port
-    from services.config import ServeConfig
+    from services.serve_config import ServeConfig
     from services.loadgen import lockstep, soak
 
     torch.set_num_threads(1)

@@ -18,7 +18,7 @@ from typing import Any
 
 from drivetune.atomic import atomic_write_bytes
 from drivetune.checkpoint import META, VOCAB, WEIGHTS, checkpoint_dir, read_meta, run_checkpoints
-from trainer.checkpoints import RunDirectory
+from trainer.run_directory import RunDirectory
 
 REMAKE = "make base"
 

@@ -32,7 +32,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     from drivetune.atomic import atomic_write_bytes
-    from trainer.checkpoints import RunDirectory
+    from trainer.run_directory import RunDirectory
 
     run = RunDirectory(run_dir)
     rows = run.read_metrics()

@@ -29,7 +29,7 @@ from drivetune.checkpoint import CheckpointError, check_model_version, read_meta
 from drivetune.config import ConfigError, to_dict
 from drivetune.progress import progress
 from drivetune.ray_runtime import verbose_ray
-from trainer.checkpoints import RunDirectory
+from trainer.run_directory import RunDirectory
 
 log = logging.getLogger("drivetune.pretrain")
 

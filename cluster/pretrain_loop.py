@@ -28,7 +28,7 @@ from drivetune.samplers import SamplerConfig
 from drivetune.scene import NUM_FUTURE_STEPS, X, Y, Scene
 from drivetune.shards import scene_from_row
 from drivetune.tokenizer import MotionVocab, TorchVocab, nearest_tokens
-from trainer.checkpoints import RunDirectory
+from trainer.run_directory import RunDirectory
 from trainer.objectives import TokenTargets, next_token_loss, repeat_last_accuracy, token_accuracy
 
 log = logging.getLogger("drivetune.pretrain")

@@ -157,7 +157,7 @@ def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker]
     from drivetune.progress import progress as progress_bar
 
     from cluster.metrics import RayMetrics
-    from trainer.checkpoints import RunDirectory
+    from trainer.run_directory import RunDirectory
 
     cfg.validate()
     check_resources(cfg, ray.cluster_resources())

@@ -145,7 +145,7 @@ def read_model_spec(directory: str | os.PathLike) -> tuple[ModelConfig, MotionVo
 def check_model_version(directory: str | os.PathLike, meta: Mapping[str, Any]) -> None:
     """Raise CheckpointVersionError, naming both versions and what to do, if the checkpoint's model definition is not
     the one this drivetune runs."""
-    from drivetune.model.config import MODEL_VERSION
+    from drivetune.model.model_config import MODEL_VERSION
 
     version = meta.get("model_version", 1)
     if version != MODEL_VERSION:

@@ -25,7 +25,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from drivetune.config import from_dict
 from drivetune.realism.submission import to_scenario_rollouts
 from drivetune.womd import scene_from_bytes
-from services.config import ServeConfig
+from services.serve_config import ServeConfig
 from services.contract import SESSION_HEADER, errors, install, session_links
 from services.guard import Guard, configure_guard
 from services.routing import ROUTER, ReplicaHeader

@@ -6,7 +6,7 @@ Settings live in this module (one replica per process): the replica calls `confi
 import hmac
 import json
 
-from services.config import ServeConfig
+from services.serve_config import ServeConfig
 
 _SETTINGS: dict = {"api_key": b"", "max_body_bytes": ServeConfig.max_body_bytes}
 

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from drivetune.checkpoint import resolve_checkpoint, run_checkpoints
 from drivetune.config import apply_overrides, from_dict
 from drivetune.ray_runtime import ray_session
-from services.config import ServeConfig
+from services.serve_config import ServeConfig
 
 
 def serve_config(overrides: list[str], **fields) -> ServeConfig:

@@ -23,7 +23,7 @@ from drivetune.realism.batch import Rollouts
 from drivetune.samplers import SamplerConfig, rollout_seed
 from drivetune.scene import Scene
 from drivetune.tokenizer import TOKEN_STEPS
-from services.config import ServeConfig
+from services.serve_config import ServeConfig
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 STEP_SECONDS = 0.5

@@ -37,7 +37,7 @@ def start_service(scenario: Path, tmp: Path, name: str = "sim", api_key_env: str
     from ray import serve
 
     from services.launch import app_config, apply_config, free_port
-    from services.config import ServeConfig
+    from services.serve_config import ServeConfig
 
     ckpt = micro_checkpoint(scenario, tmp / "ckpt")
     port = free_port()

@@ -33,7 +33,7 @@ from drivetune.model.behavior import MapContext
 from drivetune.scene import Scene
 from drivetune.tokenizer import tokenize_scene
 from trainer.algorithms import AlgoConfig, calibrate_alpha, policy_loss, token_advantages
-from trainer.checkpoints import RunDirectory
+from trainer.run_directory import RunDirectory
 from trainer.losses import human_nll, sft_loss
 from trainer.objectives import TokenTargets
 from trainer.groups import RolloutGroup

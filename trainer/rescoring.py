@@ -25,7 +25,7 @@ import torch
 from drivetune.closed_loop import NUM_FUTURE_TOKENS
 from drivetune.model import AgentBatch, BehaviorModel, MapBatch, agent_batch, map_batch
 from drivetune.model.behavior import MapContext
-from drivetune.model.config import ModelConfig
+from drivetune.model.model_config import ModelConfig
 from drivetune.model.map_grid import build_map_grid
 from drivetune.samplers import candidate_log_probs
 from drivetune.scene import Scene

@@ -5,7 +5,7 @@ With `--grpc-port` AlpaSim's TrafficService is served there too (`services.grpc_
 (TFRecords or a shard directory; it sets `scenario_store`).
 
 Starts the simulation service on a private local Ray (or attaches to `--address` / RAY_ADDRESS) and serves until
-interrupted. KEY=VALUE overrides any `services.config.ServeConfig` field (e.g. `max_sessions=128`). The application is
+interrupted. KEY=VALUE overrides any `services.serve_config.ServeConfig` field (e.g. `max_sessions=128`). The application is
 deployed from a Serve config (`app_config`: import path `services.app:build_app`, args as in configs/serve.yaml), so
 re-applying it with another {checkpoint, version} swaps the model in place (`--follow`).
 """

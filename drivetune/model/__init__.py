@@ -38,7 +38,7 @@ invariant to a global rotation + translation of the scene.
 
 from drivetune.model.batch import AgentBatch, MapBatch, agent_batch, collate, map_batch
 from drivetune.model.behavior import BehaviorModel, DecodeState, MapContext
-from drivetune.model.config import MODEL_SIZES, ModelConfig
+from drivetune.model.model_config import MODEL_SIZES, ModelConfig
 
 __all__ = [
     "MODEL_SIZES",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from drivetune.model.batch import MAP_FEAT_DIM, AgentBatch, MapBatch
-from drivetune.model.config import MODEL_VERSION, ModelConfig
+from drivetune.model.model_config import MODEL_VERSION, ModelConfig
 from drivetune.model.map_grid import MapGrid, build_map_grid
 from drivetune.model.layers import FourierEmbedding, RelAttention, mlp, nearest, normalize_pairs, pose_features
 from drivetune.model.layers import direction, smart_init

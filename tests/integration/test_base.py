@@ -15,9 +15,9 @@ from model_helpers import grid_vocab  # noqa: E402
 from cluster.base_export import export_base  # noqa: E402
 from drivetune.checkpoint import checkpoint_dir, load_checkpoint, read_meta, save_checkpoint  # noqa: E402
 from drivetune.model import BehaviorModel, ModelConfig, collate  # noqa: E402
-from drivetune.model.config import MODEL_VERSION  # noqa: E402
+from drivetune.model.model_config import MODEL_VERSION  # noqa: E402
 from drivetune.womd import load_scene  # noqa: E402
-from trainer.checkpoints import RunDirectory  # noqa: E402
+from trainer.run_directory import RunDirectory  # noqa: E402
 from trainer.objectives import TokenTargets, next_token_loss, token_accuracy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -138,7 +138,7 @@ class _Crash(BaseException):
 def test_checkpoint_saves_survive_a_crash_at_every_step(tmp_path, monkeypatch):
     import shutil
 
-    import trainer.checkpoints as ckpt
+    import trainer.run_directory as ckpt
     from drivetune.checkpoint import load_checkpoint, load_weights
     from drivetune.model import BehaviorModel, ModelConfig
     from model_helpers import grid_vocab

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from ray_head import BIN, RayHead  # noqa: E402
 
 from drivetune.checkpoint import load_checkpoint  # noqa: E402
-from trainer.checkpoints import RunDirectory  # noqa: E402
+from trainer.run_directory import RunDirectory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from drivetune.checkpoint import (CheckpointVersionError, checkpoint_dir, load_c
                                   save_checkpoint)
 from drivetune.cli import main  # noqa: E402
 from drivetune.model import BehaviorModel, ModelConfig  # noqa: E402
-from drivetune.model.config import MODEL_VERSION  # noqa: E402
+from drivetune.model.model_config import MODEL_VERSION  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

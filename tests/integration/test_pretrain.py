@@ -22,7 +22,7 @@ from drivetune.config import ConfigError, load_config  # noqa: E402
 from drivetune.shards import write_shards  # noqa: E402
 from drivetune.synth import generate_scene  # noqa: E402
 from drivetune.womd import load_scene  # noqa: E402
-from trainer.checkpoints import RunDirectory  # noqa: E402
+from trainer.run_directory import RunDirectory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from cluster.rft import RFTConfig, check_resources, train
 from drivetune.checkpoint import read_meta
 from drivetune.config import ConfigError, load_config
 from rollout_helpers import rft_data
-from trainer.checkpoints import RunDirectory
+from trainer.run_directory import RunDirectory
 
 REPO = Path(__file__).resolve().parents[2]
 PHASES = ("seconds_rollout", "seconds_update", "seconds_broadcast", "seconds_reward_worker")

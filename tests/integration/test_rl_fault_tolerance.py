@@ -15,7 +15,7 @@ from drivetune.checkpoint import read_meta
 from drivetune.config import load_config
 from rollout_workers import RolloutWorker
 from rollout_helpers import rft_data
-from trainer.checkpoints import RunDirectory
+from trainer.run_directory import RunDirectory
 from trainer.learner import Learner
 
 REPO = Path(__file__).resolve().parents[2]

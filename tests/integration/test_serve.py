@@ -34,7 +34,7 @@ SAMPLER = {"kind": "warmk", "k": 8, "temperature": 1.0, "warm_lambda": 2.0}
 def _deploy(checkpoint: Path, version: int) -> None:
     """(Re)deploy the service from its Serve config; a new {checkpoint, version} only reconfigures the replica."""
     from services.launch import app_config, apply_config
-    from services.config import ServeConfig
+    from services.serve_config import ServeConfig
 
     cfg = ServeConfig(replica_cpus=0.5, max_sessions=18, max_body_bytes=4 * 1024 * 1024, api_key_env=KEY_ENV)
     actor = {"num_cpus": 0.5, "runtime_env": {"env_vars": {KEY_ENV: KEY}}}  # the replica's secret
@@ -261,7 +261,7 @@ def test_serve_yaml_holds_the_app_args_with_the_code_defaults():
     from drivetune.config import ConfigError, from_dict
     from services.app import build_app
     from services.launch import app_config
-    from services.config import ServeConfig
+    from services.serve_config import ServeConfig
 
     args = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
     settings = {k: v for k, v in args.items() if k not in ("checkpoint", "version")}
@@ -277,7 +277,7 @@ def test_serve_yaml_holds_the_app_args_with_the_code_defaults():
 def test_store_ttl_session_cap_and_replica_miss(tmp_path, womd_637):
     """Without HTTP: sessions expire after the TTL (then 404), the cap answers 429 with a Retry-After within the
     TTL, and with several replicas an unknown session is a 409 (it lives on another replica)."""
-    from services.config import ServeConfig
+    from services.serve_config import ServeConfig
     from services.store import ServiceError, SessionStore
 
     scene = load_scene(womd_637)

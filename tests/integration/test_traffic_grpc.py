@@ -30,7 +30,7 @@ def svc(ray_local, tmp_path_factory, womd_637):
     from ray import serve
 
     from services.launch import app_config, apply_config, free_port
-    from services.config import ServeConfig
+    from services.serve_config import ServeConfig
     from services.grpc_front import start_grpc
 
     tmp = tmp_path_factory.mktemp("grpc")

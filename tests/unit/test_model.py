@@ -23,7 +23,7 @@ from drivetune.checkpoint import (  # noqa: E402
 from drivetune.model import BehaviorModel, ModelConfig, collate  # noqa: E402
 from drivetune.tokenizer import MotionVocab  # noqa: E402
 from drivetune.womd import load_scene  # noqa: E402
-from trainer.checkpoints import RunDirectory  # noqa: E402
+from trainer.run_directory import RunDirectory  # noqa: E402
 from trainer.objectives import TokenTargets, next_token_loss, repeat_last_accuracy, token_accuracy  # noqa: E402
 
 
