@@ -1,4 +1,4 @@
-"""Arguments shared by several commands: the scene input and the torch device."""
+"""Arguments shared by several commands: the scene input, a Ray job's config arguments and the torch device."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ SCENES_HELP = ("scene sources, several at once: Scenario TFRecord files, directo
 def add_scenes_argument(parser: argparse.ArgumentParser, help_: str = SCENES_HELP) -> None:
     """The positional scene input (one or more) under its common name."""
     parser.add_argument("scenes", nargs="+", metavar=SCENES_METAVAR, help=help_)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, example: str, overrides: str) -> None:
+    """A Ray training job's arguments: its YAML (`example` names one), the cluster, progress, dotted overrides."""
+    parser.add_argument("--config", required=True, help=f"YAML config (e.g. {example})")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, e.g. {overrides}")
 
 
 def check_device(device: str) -> str:

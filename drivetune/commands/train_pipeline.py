@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 
+from drivetune.commands.common import add_job_arguments
 from drivetune.config import ConfigError, load_config
 from drivetune.errors import InputError
 
@@ -14,10 +15,7 @@ log = logging.getLogger("drivetune.pipeline")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML pipeline (e.g. configs/pipeline_micro.yaml)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run_dir=runs/p shards=DIR")
+    add_job_arguments(parser, "configs/pipeline_micro.yaml", "run_dir=runs/p shards=DIR")
 
 
 def run(args: argparse.Namespace) -> int:

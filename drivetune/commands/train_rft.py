@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 
+from drivetune.commands.common import add_job_arguments
 from drivetune.config import ConfigError, load_config
 from drivetune.errors import InputError
 
@@ -15,10 +16,7 @@ log = logging.getLogger("drivetune.rft")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of an RL-loop stage (`train rft` and `train sft`)."""
-    parser.add_argument("--config", required=True, help="YAML config (e.g. configs/rft_grbo_micro.yaml)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. init=runs/bc max_iters=20")
+    add_job_arguments(parser, "configs/rft_grbo_micro.yaml", "init=runs/bc max_iters=20")
 
 
 def run(args: argparse.Namespace) -> int:
