@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from drivetune.errors import InputError
+from drivetune.rollout_config import SAMPLERS
 
 # The one name and help text of a scene input, shared by every command that reads scenes.
 SCENES_METAVAR = "SCENES"
@@ -15,6 +16,15 @@ SCENES_HELP = ("scene sources, several at once: Scenario TFRecord files, directo
 def add_scenes_argument(parser: argparse.ArgumentParser, help_: str = SCENES_HELP) -> None:
     """The positional scene input (one or more) under its common name."""
     parser.add_argument("scenes", nargs="+", metavar=SCENES_METAVAR, help=help_)
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """The token sampler of offline rollouts (`simulate`, `eval`): kind, K, temperature, Warm-K's lambda."""
+    parser.add_argument("--sampler", default=default, choices=SAMPLERS,
+                        help="token sampler (docs/samplers.md): top-K, CAT-K, Warm-K or greedy")
+    parser.add_argument("--k", type=int, default=32, help="top-K size")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-K and Warm-K)")
+    parser.add_argument("--warm-lambda", type=float, default=1.0, help="Warm-K lambda (logits per metre)")
 
 
 def add_job_arguments(parser: argparse.ArgumentParser, example: str, overrides: str) -> None:

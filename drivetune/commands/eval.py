@@ -19,10 +19,10 @@ from pathlib import Path
 
 from drivetune.atomic import atomic_write_bytes
 from drivetune.checkpoint import resolve_checkpoint
-from drivetune.commands.common import add_scenes_argument, check_device
+from drivetune.commands.common import add_sampler_arguments, add_scenes_argument, check_device
 from drivetune.errors import CheckpointError
 from drivetune.progress import progress
-from drivetune.rollout_config import SAMPLERS, SDC_MODES_OFFLINE, SamplerConfig
+from drivetune.rollout_config import SDC_MODES_OFFLINE, SamplerConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", nargs="+", required=True,
@@ -31,10 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scenes_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (WOSAC: 32)")
-    parser.add_argument("--sampler", default="warmk", choices=SAMPLERS, help="token sampler (docs/samplers.md)")
-    parser.add_argument("--k", type=int, default=32, help="top-K size")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-K and Warm-K)")
-    parser.add_argument("--warm-lambda", type=float, default=1.0, help="Warm-K lambda (logits per metre)")
+    add_sampler_arguments(parser, "warmk")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the rollouts (the same for every checkpoint)")
     parser.add_argument("--sdc", default="policy", choices=SDC_MODES_OFFLINE,
                         help="SDC driven by the policy or replayed from the log")

@@ -19,11 +19,11 @@ import numpy as np
 
 from drivetune.atomic import atomic_write_bytes
 from drivetune.checkpoint import load_checkpoint, resolve_checkpoint
-from drivetune.commands.common import add_scenes_argument, check_device
+from drivetune.commands.common import add_sampler_arguments, add_scenes_argument, check_device
 from drivetune.errors import InputError
 from drivetune.progress import progress
 from drivetune.render import render_scene
-from drivetune.rollout_config import SAMPLERS, SDC_MODES_OFFLINE, WOSAC_ROLLOUTS, SamplerConfig
+from drivetune.rollout_config import SDC_MODES_OFFLINE, WOSAC_ROLLOUTS, SamplerConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scenes_argument(parser)
@@ -31,11 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint directory, or a training run directory (its latest checkpoints/step_*)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
     parser.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (WOSAC: 32)")
-    parser.add_argument("--sampler", default="topk", choices=SAMPLERS,
-                        help="token sampler (docs/samplers.md): top-K, CAT-K, Warm-K or greedy")
-    parser.add_argument("--k", type=int, default=32, help="top-K size")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-K and Warm-K)")
-    parser.add_argument("--warm-lambda", type=float, default=1.0, help="Warm-K lambda (logits per metre)")
+    add_sampler_arguments(parser, "topk")
     parser.add_argument("--seed", type=int, default=0, help="base seed (rollouts depend on scene id, index, seed)")
     parser.add_argument("--sdc", default="policy", choices=SDC_MODES_OFFLINE,
                         help="SDC driven by the policy or replayed from the log")
