@@ -3,8 +3,11 @@
 From one BC checkpoint, every recipe (BC, SFT, SFT->SFT, SFT->MPO, SFT->GRBO, SFT->GRBO->SFT, SFT->MPO->SFT) is
 trained stage by stage with `drivetune train sft` / `train rft` configs (a stage shared by several recipes, e.g. the
 first SFT, is trained once per seed), then every final checkpoint is scored with the WOSAC 2025 realism metric on
-held-out synthetic scenes and on the real WOMD scenarios: the same rollouts count, sampler and seeds for all. A
-Warm-K table (k x lambda, no retraining) is added for BC and the last recipe. Mean and spread over training seeds.
+held-out synthetic scenes and on the real WOMD scenarios: the same rollouts count, sampler and seeds for all (each
+checkpoint's scenes split over `--eval-tasks` Ray tasks; a scene's rollout seeds depend on its id only). The report
+gives, per recipe, the mean over training seeds with a percentile bootstrap interval over scenes (of the
+seed-averaged per-scene values), the paired difference to BC with its interval, every seed's meta, and the issue's
+targets checked seed by seed. A Warm-K table (k x lambda, no retraining) is added for BC and the last recipe.
 
     python bench/pipeline.py --bc base/micro --shards runs/results_data/shards \
         --heldout runs/results_data/heldout --seeds 0 1 2 --sft-iters 4 --rl-iters 10 --out runs/results \
@@ -28,7 +31,7 @@ from cluster.rft import RFTConfig, train
 from drivetune.atomic import atomic_write_bytes
 from drivetune.checkpoint import load_checkpoint, resolve_checkpoint
 from drivetune.config import load_config
-from drivetune.evaluation import evaluate_policy, parse_sampler_grid
+from drivetune.evaluation import METRICS, BootstrapConfig, bootstrap_ci, evaluate_policy, parse_sampler_grid, table
 from drivetune.ray_runtime import ray_session
 from drivetune.samplers import SamplerConfig
 from drivetune.sources import iter_scenes
@@ -77,6 +80,7 @@ def main() -> None:
     p.add_argument("--rollouts", type=int, default=32)
     p.add_argument("--grid", default="k=8,32 warm_lambda=0,1,4")
     p.add_argument("--grid-scenes", type=int, default=8, help="held-out scenes of the Warm-K table")
+    p.add_argument("--eval-tasks", type=int, default=2, help="Ray tasks (1 CPU each) scoring a checkpoint's scenes")
     p.add_argument("--render-only", action="store_true", help="write the report from OUT/rows.json as it stands")
     p.add_argument("--out", required=True)
     p.add_argument("--doc", default=None, help="write the Markdown report here (e.g. docs/results.md)")
@@ -97,17 +101,20 @@ def main() -> None:
                 for name in order:
                     if any(r["recipe"] == name and r["seed"] == seed for r in rows):
                         continue
+                    done_bc = [r for r in rows if r["recipe"] == "BC"]
+                    if name == "BC" and done_bc:  # one checkpoint for every seed: scored once
+                        rows.append({**done_bc[0], "seed": seed, "seconds": 0.0})
+                        continue
                     started = time.perf_counter()
                     ckpt = train_recipe(RECIPES[name], args, seed, cache)
-                    model, _ = load_checkpoint(ckpt)
                     row = {"recipe": name, "seed": seed, "checkpoint": ckpt}
                     for set_name, scenes in sets.items():
-                        row[set_name] = evaluate_policy(model, None, scenes, args.rollouts, sampler, seed=1234)["mean"]
+                        row[set_name] = scene_rows(ckpt, scenes, args.rollouts, sampler, args.eval_tasks)
                     row["seconds"] = time.perf_counter() - started
                     rows.append(row)
                     write_text(rows_file, json.dumps(rows, indent=1, default=float))
-                    print(json.dumps({"recipe": name, "seed": seed, **{k: row[k]["metametric"] for k in sets}}),
-                          flush=True)
+                    print(json.dumps({"recipe": name, "seed": seed, "seconds": round(row["seconds"]),
+                                      **{k: float(table(row[k])[:, META].mean()) for k in sets}}), flush=True)
             grid_sampler = SamplerConfig(kind="warmk")
             for name in ("BC", order[-1]):
                 if name in grid:
@@ -123,31 +130,77 @@ def main() -> None:
         write_text(Path(args.doc), report)
 
 
+def scene_rows(ckpt: str, scenes: list, rollouts: int, sampler: SamplerConfig, tasks: int) -> list[dict]:
+    """Per-scene realism rows of `ckpt` on `scenes` (in order), scored by `tasks` Ray tasks of one CPU each."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def score(part: list) -> list[dict]:
+        model, _ = load_checkpoint(ckpt)
+        return evaluate_policy(model, None, part, rollouts, sampler, seed=1234)["scenes"]
+
+    parts = [scenes[i::tasks] for i in range(tasks) if scenes[i::tasks]]
+    by_id = {r["scenario_id"]: r for rows in ray.get([score.remote(p) for p in parts]) for r in rows}
+    return [by_id[s.scenario_id] for s in scenes]
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, [text.encode()])
+
+
+BOOT = BootstrapConfig()
+COL = {field: METRICS.index(key) for field, key in FIELDS.items()}
+META = COL["meta"]
+
+
+def per_scene(rows: list, name: str, set_name: str) -> np.ndarray:
+    """[seeds, S, len(FIELDS) + 1] per-scene values of a recipe (FIELDS' columns, then collision + offroad)."""
+    out = []
+    for r in rows:
+        if r["recipe"] == name:
+            t = table(r[set_name])
+            out.append(np.concatenate([t[:, list(COL.values())], t[:, [COL["collision"]]] + t[:, [COL["offroad"]]]], 1))
+    return np.stack(out)
+
+
+def ci_cell(values: np.ndarray) -> str:
+    """'mean [lo, hi]' of a per-scene vector [S]."""
+    lo, hi = bootstrap_ci(values, BOOT)
+    return f"{values.mean():.3f} [{float(lo):.3f}, {float(hi):.3f}]"
 
 
 def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds: float) -> str:
     lines = ["# Results: post-training recipes against BC", "",
              "Made by `python bench/pipeline.py " + " ".join(a for a in sys.argv[1:] if a != "--render-only") +
              f"` ({seconds / 60:.0f} min on the "
-             "shared 2-core CPU machine). SMART-R1 Table-3-style ablation on drivetune's synthetic world: every recipe "
-             f"starts from the same BC checkpoint; SFT stages {args.sft_iters} iterations of CAT-K closed-loop SFT, "
-             f"RL stages {args.rl_iters} iterations (configs/sft_catk_micro.yaml, rft_mpo_micro.yaml, "
-             f"rft_grbo_micro.yaml). Scores: WOSAC 2025 realism, {args.rollouts} top-16 rollouts per scene, the same "
-             f"seeds for every checkpoint; mean ± std over training seeds {args.seeds}.", ""]
+             "2-core CPU machine). SMART-R1 Table-3-style ablation on drivetune's synthetic world: every recipe "
+             f"starts from the same BC checkpoint ({args.bc}); SFT stages {args.sft_iters} iterations of CAT-K "
+             f"closed-loop SFT, RL stages {args.rl_iters} iterations (configs/sft_catk_micro.yaml, rft_mpo_micro.yaml, "
+             f"rft_grbo_micro.yaml; an SFT stage after RL adds {' '.join(FINAL_SFT)}). Scores: WOSAC 2025 realism, "
+             f"{args.rollouts} top-16 rollouts per scene, the same seeds for every checkpoint. Each cell: the mean over "
+             f"training seeds {args.seeds}, and in brackets the 95 % percentile bootstrap interval over scenes "
+             f"({BOOT.resamples} resamples) of the seed-averaged per-scene values; differences to BC are paired over "
+             "scenes. The interval is over scenes only: the spread between training seeds is in the last column.", ""]
+    names = [n for n in RECIPES if any(r["recipe"] == n for r in rows)]
     for set_name, scenes in sets.items():
-        lines += [f"## {set_name} ({len(scenes)} scenes)", "", "| recipe | " + " | ".join(FIELDS) + " | meta per seed |",
-                  "|---" * (len(FIELDS) + 2) + "|"]
-        for name in [n for n in RECIPES if any(r["recipe"] == n for r in rows)]:
-            vals = [r[set_name] for r in rows if r["recipe"] == name]
-            cells = []
-            for key in FIELDS.values():
-                v = np.array([x[key] for x in vals])
-                cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if np.ptp(v) > 0 else f"{v.mean():.3f}")
-            per_seed = " / ".join(f"{x['metametric']:.3f}" for x in vals) if name != "BC" else "one checkpoint"
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {per_seed} |")
+        lines += [f"## {set_name} ({len(scenes)} scenes)", "",
+                  "| recipe | meta | collision + offroad | collision | offroad | red light | minADE | meta per seed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in names:
+            v = per_scene(rows, name, set_name)
+            avg = v.mean(0)  # [S, F + 1]
+            seeds = " / ".join(f"{x:.3f}" for x in v[:, :, 0].mean(1))
+            lines.append(f"| {name} | {ci_cell(avg[:, 0])} | {ci_cell(avg[:, -1])} | " + " | ".join(
+                f"{avg[:, i].mean():.3f}" for i in range(1, len(FIELDS))) + f" | {seeds} |")
+        if "BC" in names:
+            base = per_scene(rows, "BC", set_name).mean(0)
+            lines += ["", "| difference to BC | meta | collision + offroad | collision + offroad cut |", "|---|---|---|---|"]
+            for name in names[1:]:
+                d = per_scene(rows, name, set_name).mean(0) - base
+                lines.append(f"| {name} | {ci_cell(d[:, 0])} | {ci_cell(d[:, -1])} | "
+                             f"{-d[:, -1].mean() / base[:, -1].mean():+.0%} |")
         lines.append("")
+    lines += targets(rows, names, next(iter(sets)))
     lines += [f"## Warm-K test-time scaling ({args.grid_scenes} held-out synthetic scenes, training seed "
               f"{args.seeds[0]}, no retraining)", "",
               "| policy | k | λ | " + " | ".join(FIELDS) + " |", "|---" * (len(FIELDS) + 3) + "|"]
@@ -155,6 +208,36 @@ def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds
         for k, lam, mean in entries:
             lines.append(f"| {name} | {k} | {lam:g} | " + " | ".join(f"{mean[f]:.3f}" for f in FIELDS.values()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def targets(rows: list, names: list, set_name: str) -> list[str]:
+    """The recipe issue's targets on `set_name`, seed by seed (only those whose recipes are in `rows`)."""
+    def seed_means(name: str) -> dict[int, np.ndarray]:  # seed -> [F + 1] means over scenes
+        return {r["seed"]: per_scene([r], name, set_name)[0].mean(0) for r in rows if r["recipe"] == name}
+
+    out = [f"## Targets ({set_name}, seed by seed)", ""]
+    have = set(names)
+    if {"BC", "SFT"} <= have:
+        bc, sft = seed_means("BC"), seed_means("SFT")
+        wins = [s for s in sft if sft[s][0] > bc[s][0]]
+        out.append(f"- SFT > BC on meta: {len(wins)}/{len(sft)} seeds (" + ", ".join(
+            f"seed {s}: {sft[s][0] - bc[s][0]:+.3f}" for s in sft) + ")")
+    if {"SFT", "SFT→MPO"} <= have:
+        start, mpo = seed_means("SFT"), seed_means("SFT→MPO")
+        above = [s for s in mpo if mpo[s][0] > start[s][0]]
+        collapsed = [s for s in mpo if mpo[s][0] < start[s][0] - 0.02]
+        out.append(f"- MPO above its start (SFT of the same seed): {len(above)}/{len(mpo)} seeds; seeds below start − "
+                   f"0.02: {len(collapsed)} (" + ", ".join(f"seed {s}: {mpo[s][0] - start[s][0]:+.3f}" for s in mpo) + ")")
+    if {"BC", "SFT→GRBO", "SFT→GRBO→SFT"} <= have:
+        bc, rl, fin = seed_means("BC"), seed_means("SFT→GRBO"), seed_means("SFT→GRBO→SFT")
+        parts = []
+        for s in fin:
+            cut_rl, cut_fin = bc[s][-1] - rl[s][-1], bc[s][-1] - fin[s][-1]
+            keep = cut_fin / cut_rl if cut_rl > 0 else float("nan")
+            parts.append(f"seed {s}: keeps {keep:.0%} of the cut, meta {fin[s][0] - rl[s][0]:+.3f}")
+        out.append("- SFT→GRBO→SFT against SFT→GRBO (target: keeps ≥ 80 % of its collision + offroad cut against BC, "
+                   "meta ≥ SFT→GRBO − 0.01): " + "; ".join(parts))
+    return out + [""]
 
 
 if __name__ == "__main__":

@@ -90,30 +90,43 @@ def soak(url: str, scenario: bytes | None, waves: int, per_wave: int, expire_eve
 
 
 def lockstep(url: str, scenario: bytes, sessions: int, period_s: float, duration_s: float,
-             api_key: str | None = None) -> dict:
+             api_key: str | None = None, steps_per_session: int = 150) -> dict:
     """`sessions` sessions stepped in lockstep, one step each every `period_s` (ticks on a shared clock, as
     simulators stepping together), for `duration_s`: offered and achieved step rate, latency percentiles (ms) and
-    missed ticks (a step still running when its next tick came)."""
+    missed ticks (a step still running when its next tick came). A session that has taken `steps_per_session` steps
+    is closed and a new one opened in its place (a simulator moving to its next scenario; the swap is not timed),
+    so runs may outlast the service's per-session step limit."""
     clients = [SimAgentsClient(url, api_key=api_key) for _ in range(sessions)]
-    opened = [c.create_session(scenario_bytes=scenario, external_ids=[], seed=i) for i, c in enumerate(clients)]
-    for s in opened:
-        s.step()  # the first step returns the creation's sample; not part of the load
+
+    def fresh(k: int, seed: int):
+        session = clients[k].create_session(scenario_bytes=scenario, external_ids=[], seed=seed)
+        session.step()  # the first step returns the creation's sample; not part of the load
+        return session
+
+    opened = [fresh(k, k) for k in range(sessions)]
     latencies: list[list[float]] = [[] for _ in range(sessions)]
     missed = [0] * sessions
     start = time.perf_counter() + 0.2
 
     def run(k: int) -> None:
-        tick = 0
+        tick, taken, swaps = 0, 1, 0
         while True:
             due = start + tick * period_s
             if due - start >= duration_s:
                 return
+            if taken >= steps_per_session:
+                opened[k].close()
+                swaps += 1
+                opened[k], taken = fresh(k, k + swaps * sessions), 1
+                tick = max(tick, math.ceil((time.perf_counter() - start) / period_s))  # the swap's ticks: not missed
+                continue
             now = time.perf_counter()
             if now < due:
                 time.sleep(due - now)
             t0 = time.perf_counter()
             opened[k].step()
             latencies[k].append(time.perf_counter() - t0)
+            taken += 1
             nxt = max(tick + 1, math.ceil((time.perf_counter() - start) / period_s))  # ticks passed meanwhile
             missed[k] += nxt - tick - 1
             tick = nxt
