@@ -9,6 +9,9 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from drivetune.checkpoint import save_checkpoint
 from drivetune.closed_loop import simulate
@@ -225,3 +228,106 @@ def test_bad_inputs_get_their_status_codes_and_the_server_keeps_serving(svc):
     for sid in held:
         stub.close_session(PB.traffic.TrafficSessionCloseRequest(session_uuid=sid), metadata=AUTH)
     assert stub.get_metadata(PB.common.Empty(), metadata=AUTH).minimum_history_length_us == 1_000_000
+
+
+# ---- hypothesis-generated requests against every RPC: any status but UNKNOWN / INTERNAL (a servicer bug) or
+# UNAVAILABLE (the replica failed on the request) ----
+
+FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, 1e30, -1e30, float("nan")])
+U64 = st.sampled_from([0, 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1]) | st.integers(0, 2**64 - 1)  # edges often
+
+
+def _pose_strategy(t0: int):
+    return st.builds(lambda t, v, q: PB.common.PoseAtTime(
+        timestamp_us=t, pose=PB.common.Pose(vec=PB.common.Vec3(x=v[0], y=v[1], z=v[2]),
+                                            quat=PB.common.Quat(w=q[0], x=q[1], y=q[2], z=q[3]))),
+        st.one_of(U64, st.integers(max(0, t0 - 2_000_000), t0 + 9_000_000)), st.tuples(FLOATS, FLOATS, FLOATS),
+        st.tuples(FLOATS, FLOATS, FLOATS, FLOATS))
+
+
+def _trajectory(t0: int, max_poses: int = 12):
+    return st.builds(lambda ps, n: PB.common.Trajectory(poses=ps * n), st.lists(_pose_strategy(t0), max_size=max_poses),
+                     st.sampled_from([1, 1, 1, 2_000]))  # now and then a long (repeated) array
+
+
+def _mutated_log(scene, data):
+    """The real logged objects, then a few generated edits: a field set to NaN / inf / huge, a renamed, dropped,
+    duplicated or emptied object."""
+    objs = logged(scene, _order(scene))
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(0, len(objs) - 1))
+        edit = data.draw(st.sampled_from(["value", "rename", "drop", "dup", "empty", "time"]))
+        if edit == "value" and objs[i].trajectory.poses:
+            p = objs[i].trajectory.poses[data.draw(st.integers(0, len(objs[i].trajectory.poses) - 1))]
+            setattr(data.draw(st.sampled_from([p.pose.vec, p.pose.quat])), data.draw(st.sampled_from("xyz")),
+                    data.draw(FLOATS))
+        elif edit == "rename":
+            objs[i].object_id = data.draw(st.sampled_from(["", "EGO", "0", "-1", "1e9", "ÿ" * 3]) | st.text(max_size=8))
+        elif edit == "drop":
+            objs.pop(i)
+        elif edit == "dup":
+            objs.append(objs[i])
+        elif edit == "empty":
+            objs[i].trajectory.ClearField("poses")
+        elif objs[i].trajectory.poses:
+            objs[i].trajectory.poses[-1].timestamp_us = data.draw(U64)
+        if not objs:
+            break
+    return objs
+
+
+def _never_a_server_fault(call) -> grpc.StatusCode | None:
+    code, details = _code(call)
+    assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE), (code,
+                                                                                                           details)
+    return code
+
+
+@pytest.mark.slow
+def test_generated_requests_to_every_rpc_never_fault_the_server(svc):
+    """About 600 generated requests (NaN / inf / huge values, long arrays, unknown and empty ids, wrong keys, out-of-range
+    times) across all five RPCs: each is answered with a deliberate status, and the server keeps serving."""
+    scene, stub = svc["scene"], svc["stub"]
+    t0 = t_us(scene, scene.current_time_index)
+    names = st.sampled_from(["", "x", "fuzz-live-0001", "nosuchsession", "ÿ" * 40]) | st.text(max_size=40)
+    keys = st.sampled_from([AUTH] * 5 + [(), (("authorization", "Bearer "),), (("authorization", KEY),)])
+    settings = dict(max_examples=200, deadline=None, database=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))
+
+    @given(data=st.data())
+    @hyp_settings(**settings)
+    def start(data):
+        sid = data.draw(names)
+        req = PB.traffic.TrafficSessionRequest(
+            session_uuid=sid, scene_id=data.draw(st.sampled_from([scene.scenario_id, "", "nosuchscene"])),
+            random_seed=data.draw(U64), handover_time_us=data.draw(st.sampled_from([t0]) | U64),
+            logged_object_trajectories=data.draw(st.sampled_from(["log", "log", "generated"])) == "log"
+            and _mutated_log(scene, data) or data.draw(st.lists(st.builds(
+                PB.traffic.ObjectTrajectory, object_id=names, trajectory=_trajectory(t0)), max_size=4)))
+        if _never_a_server_fault(lambda: stub.start_session(req, metadata=data.draw(keys))) is None:
+            stub.close_session(PB.traffic.TrafficSessionCloseRequest(session_uuid=sid), metadata=AUTH)
+
+    _start(svc, "fuzz-live-0001")  # a live session for simulate / close to hit
+
+    @given(sid=names, t=st.sampled_from([t0 + 500_000]) | U64, keys=keys,
+           ups=st.lists(st.builds(PB.traffic.ObjectTrajectoryUpdate, object_id=st.sampled_from(["EGO"]) | names,
+                                  trajectory=_trajectory(t0)), max_size=3))
+    @hyp_settings(**settings)
+    def step(sid, t, keys, ups):
+        _never_a_server_fault(lambda: stub.simulate(PB.traffic.TrafficRequest(
+            session_uuid=sid, time_query_us=t, object_trajectory_updates=ups), metadata=keys))
+
+    @given(sid=names.filter(lambda s: s != "fuzz-live-0001"), keys=keys)
+    @hyp_settings(**{**settings, "max_examples": 60})
+    def close_and_read(sid, keys):
+        _never_a_server_fault(lambda: stub.close_session(PB.traffic.TrafficSessionCloseRequest(session_uuid=sid),
+                                                         metadata=keys))
+        _never_a_server_fault(lambda: stub.get_metadata(PB.common.Empty(), metadata=keys))
+        _never_a_server_fault(lambda: stub.get_available_scenes(PB.common.Empty(), metadata=keys))
+
+    start()
+    step()
+    close_and_read()
+    ok = decode(_simulate(svc, "fuzz-live-0001", t0 + 500_000, lo=t0))  # the session survived every refusal
+    assert ok[1][0][0] == t0 + 500_000
+    stub.close_session(PB.traffic.TrafficSessionCloseRequest(session_uuid="fuzz-live-0001"), metadata=AUTH)
