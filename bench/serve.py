@@ -297,7 +297,8 @@ def ops_figures(args: argparse.Namespace) -> None:
             kept = sum(w.left_to_expire for w in rep.waves)
             print(f"soak: {rep.sessions} sessions in {len(rep.waves)} waves, {kept} left to expire "
                   f"({rep.expired_404} answered 404 expired), open after each wave "
-                  f"{[w.open_after for w in rep.waves]}, {time.perf_counter() - t0:.0f} s")
+                  f"{[w.open_after for w in rep.waves]}, engine maps held {[w.maps_held for w in rep.waves]}, "
+                  f"{time.perf_counter() - t0:.0f} s")
             print("RSS MiB after each wave: " + " ".join(f"{r:.0f}" for r in rss))
             print(f"last / first wave: {rss[-1] / rss[0]:.3f}; max / first: {max(rss) / rss[0]:.3f}")
         serve.shutdown()

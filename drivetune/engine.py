@@ -259,6 +259,10 @@ class Engine:
             s._block = block
         return sessions
 
+    def maps_held(self) -> int:
+        """Scene maps held for open sessions (each session holds one until it is closed)."""
+        return sum(r > 0 for r in self._maps.refs)
+
     def close(self, session: Session) -> None:
         """Forget a session (its map slot is reused by later sessions)."""
         if not session.closed:

@@ -25,6 +25,7 @@ class WaveReport:
     steps: int
     rss_bytes: int
     open_after: int
+    maps_held: int  # scene maps the replica's engines still hold (0 once every session is closed or expired)
 
 
 @dataclass
@@ -80,7 +81,8 @@ def soak(url: str, scenario: bytes | None, waves: int, per_wave: int, expire_eve
             left += kept
             model, health = admin.model(), admin.request("GET", "/healthz").json()
             report.waves.append(WaveReport(per_wave, counts["closed"], len(kept), counts["steps"],
-                                           int(model["replica_rss_bytes"]), int(health["sessions"])))
+                                           int(model["replica_rss_bytes"]), int(health["sessions"]),
+                                           int(model["engine_maps_held"])))
         for session in left:
             try:
                 session.get()

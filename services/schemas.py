@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from drivetune.rollout_config import SAMPLERS, SDC_MODES_OFFLINE
 from drivetune.samplers import SamplerConfig
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -28,7 +29,7 @@ class Problem(BaseModel):
 class Sampler(Strict):
     """Token sampler: Warm-K by default (top-K scored by logit - warm_lambda * distance to constant motion)."""
 
-    kind: Literal["topk", "catk", "warmk", "greedy"] = "warmk"
+    kind: Literal[SAMPLERS] = "warmk"  # a tuple subscript: Literal["topk", "catk", ...]
     k: int = Field(32, ge=1, le=4096)
     temperature: Finite = Field(1.0, gt=0)
     warm_lambda: Finite = Field(1.0, ge=0)
@@ -115,7 +116,7 @@ class StepResult(BaseModel):
 
 class RolloutsRequest(SceneRequest):
     num_rollouts: int = Field(32, ge=1)
-    sdc: Literal["policy", "log"] = "policy"
+    sdc: Literal[SDC_MODES_OFFLINE] = "policy"
 
 
 class RolloutsResult(BaseModel):

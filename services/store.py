@@ -110,7 +110,9 @@ class SessionStore:
             versions: dict[int, int] = {}
             for live in self.sessions.values():
                 versions[live.policy.version] = versions.get(live.policy.version, 0) + 1
-            return {**self.current().info, "open_sessions_by_version": versions}
+            engines = {id(p.engine): p.engine for p in [self.current(), *(s.policy for s in self.sessions.values())]}
+            return {**self.current().info, "open_sessions_by_version": versions,
+                    "engine_maps_held": sum(e.maps_held() for e in engines.values())}
 
     # ------------------------------------------------------------------------------------------ lifetime
     def expire(self, now: float | None = None) -> int:

@@ -33,6 +33,7 @@ def test_two_hundred_sessions_in_waves_leave_no_session_and_no_growth(ray_local,
     print("RSS MiB after each wave:", " ".join(f"{r:.0f}" for r in rss))
     assert report.sessions == 200 and sum(w.left_to_expire for w in report.waves) == 50
     assert [w.open_after for w in report.waves] == [0] * 10  # closed and expired sessions all left the store
+    assert [w.maps_held for w in report.waves] == [0] * 10  # ... and released their engine state
     assert report.expired_404 == 50  # the idle ones expired (404 "expired"), not closed
     # "returns to": the lowest of the last three waves. A single wave's RSS moves by up to 13 % (allocator noise: one
     # full-suite run read 641 MiB after the first wave and 594, 628, 713 after the last three); a leak raises every

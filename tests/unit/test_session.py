@@ -106,7 +106,9 @@ def test_long_session_and_slot_reuse(setup):
     assert s.steps == 20 and torch.isfinite(rec.poses).all()
     assert (rec.sft_target == -1).all()  # no log beyond 16 intervals
     slots = len(engine._maps.refs)
+    assert engine.maps_held() == 1
     engine.close(s)
+    assert engine.maps_held() == 0
     (t,) = engine.start([SessionSpec(scenes[1], [2])])
     assert len(engine._maps.refs) == slots and t._slot == s._slot  # the freed slot is reused
     with pytest.raises(ValueError, match="closed"):
