@@ -1,4 +1,4 @@
-"""The SMART-R1 Table-3-style ablation on our data, written to docs/results.md (`make results`).
+"""The SMART-R1 Table-3-style ablation on our data, written into its section of docs/results.md (`make results`).
 
 From one BC checkpoint, every recipe (BC, SFT, SFT->SFT, SFT->MPO, SFT->GRBO, SFT->GRBO->SFT, SFT->MPO->SFT) is
 trained stage by stage with `drivetune train sft` / `train rft` configs (a stage shared by several recipes, e.g. the
@@ -83,7 +83,8 @@ def main() -> None:
     p.add_argument("--eval-tasks", type=int, default=2, help="Ray tasks (1 CPU each) scoring a checkpoint's scenes")
     p.add_argument("--render-only", action="store_true", help="write the report from OUT/rows.json as it stands")
     p.add_argument("--out", required=True)
-    p.add_argument("--doc", default=None, help="write the Markdown report here (e.g. docs/results.md)")
+    p.add_argument("--doc", default=None, help="put the Markdown report between its markers in this file "
+                   "(docs/results.md; appended when the markers are absent)")
     args = p.parse_args()
     sets = {"held-out synthetic": list(iter_scenes(args.heldout))[: args.heldout_scenes],
             "real WOMD": [s for f in REAL if f.exists() for s in iter_scenes(str(f))]}
@@ -127,7 +128,7 @@ def main() -> None:
     report = render(rows, grid, sets, args, earlier + time.perf_counter() - t0)
     print(report)
     if args.doc:
-        write_text(Path(args.doc), report)
+        write_section(Path(args.doc), report)
 
 
 def scene_rows(ckpt: str, scenes: list, rollouts: int, sampler: SamplerConfig, tasks: int) -> list[dict]:
@@ -142,6 +143,20 @@ def scene_rows(ckpt: str, scenes: list, rollouts: int, sampler: SamplerConfig, t
     parts = [scenes[i::tasks] for i in range(tasks) if scenes[i::tasks]]
     by_id = {r["scenario_id"]: r for rows in ray.get([score.remote(p) for p in parts]) for r in rows}
     return [by_id[s.scenario_id] for s in scenes]
+
+
+BEGIN, END = "<!-- bench/pipeline.py: begin -->", "<!-- bench/pipeline.py: end -->"
+
+
+def write_section(doc: Path, report: str) -> None:
+    """Put `report` between the BEGIN / END markers of `doc` (appended with them when absent); the rest stays."""
+    text = doc.read_text() if doc.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + BEGIN + "\n" + report + END + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + BEGIN + "\n" + report + END + "\n"
+    write_text(doc, text)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -170,7 +185,7 @@ def ci_cell(values: np.ndarray) -> str:
 
 
 def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds: float) -> str:
-    lines = ["# Results: post-training recipes against BC", "",
+    lines = ["## Post-training recipes (SMART-R1 Table 3)", "",
              "Made by `python bench/pipeline.py " + " ".join(a for a in sys.argv[1:] if a != "--render-only") +
              f"` ({seconds / 60:.0f} min on the "
              "2-core CPU machine). SMART-R1 Table-3-style ablation on drivetune's synthetic world: every recipe "
@@ -183,7 +198,7 @@ def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds
              "scenes. The interval is over scenes only: the spread between training seeds is in the last column.", ""]
     names = [n for n in RECIPES if any(r["recipe"] == n for r in rows)]
     for set_name, scenes in sets.items():
-        lines += [f"## {set_name} ({len(scenes)} scenes)", "",
+        lines += [f"### {set_name} ({len(scenes)} scenes)", "",
                   "| recipe | meta | collision + offroad | collision | offroad | red light | minADE | meta per seed |",
                   "|---|---|---|---|---|---|---|---|"]
         for name in names:
@@ -201,7 +216,7 @@ def render(rows: list, grid: dict, sets: dict, args: argparse.Namespace, seconds
                              f"{-d[:, -1].mean() / base[:, -1].mean():+.0%} |")
         lines.append("")
     lines += targets(rows, names, next(iter(sets)))
-    lines += [f"## Warm-K test-time scaling ({args.grid_scenes} held-out synthetic scenes, training seed "
+    lines += [f"### Warm-K test-time scaling ({args.grid_scenes} held-out synthetic scenes, training seed "
               f"{args.seeds[0]}, no retraining)", "",
               "| policy | k | λ | " + " | ".join(FIELDS) + " |", "|---" * (len(FIELDS) + 3) + "|"]
     for name, entries in grid.items():
@@ -215,7 +230,7 @@ def targets(rows: list, names: list, set_name: str) -> list[str]:
     def seed_means(name: str) -> dict[int, np.ndarray]:  # seed -> [F + 1] means over scenes
         return {r["seed"]: per_scene([r], name, set_name)[0].mean(0) for r in rows if r["recipe"] == name}
 
-    out = [f"## Targets ({set_name}, seed by seed)", ""]
+    out = [f"### Targets ({set_name}, seed by seed)", ""]
     have = set(names)
     if {"BC", "SFT"} <= have:
         bc, sft = seed_means("BC"), seed_means("SFT")
