@@ -12,7 +12,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THR
 DT=.venv/bin/drivetune
 OUT=runs/demo
 SCENES=${DEMO_SCENES:-200}
-RL_ITERS=${DEMO_RL_ITERS:-8}
+RL_ITERS=${DEMO_RL_ITERS:-16}
 BASE=base/micro  # every stage starts from the previous one; the first from this base (its vocabulary too)
 REAL=../shared/data/womd/motion_data_one_scenario.tfrecord
 mkdir -p "$OUT"
