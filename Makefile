@@ -35,7 +35,7 @@ prometheus:
 	command -v prometheus >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -q --no-install-recommends prometheus; }
 
-# The SMART-R1 Table-3-style ablation post-training the shipped base, and its data (long: about 4 h on 2 CPU cores) -> docs/results.md
+# The SMART-R1 Table-3-style ablation post-training the shipped base, and its data (long: about 80 min on 2 CPU cores) -> docs/results.md
 results: $(STAMP)
 	bash bench/results.sh
 

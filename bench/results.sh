@@ -3,7 +3,8 @@
 # base (base/micro, `make base`):
 #   300 synthetic training scenes (seed 7) + 64 held-out ones (seed 8) -> shards -> bench/pipeline.py (7 recipes x 3
 #   training seeds from the base, held-out synthetic + real WOMD, Warm-K table).
-# Long: about 4 h on 2 CPU cores (21 checkpoints x 66 scenes x 32 rollouts of evaluation). Re-running resumes every part.
+# Long: about 80 min on 2 CPU cores (2026-12-07: 77 min; 19 checkpoints x 66 scenes x 32 rollouts of evaluation, 2 Ray
+# tasks each). Re-running resumes every part.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
