@@ -244,10 +244,9 @@ def _packed(inputs: Sequence[RescoreInputs], parts: list[tuple[int, torch.Tensor
 def encode_maps(model: BehaviorModel, inputs: Sequence[RescoreInputs]) -> MapContext:
     """The maps of the groups' scenes, encoded once (scene i = group i) for every forward of their rollouts.
 
-    Scene by scene, as the rollouts encoded them: among map tokens at equal distances (common on synthetic maps) the
-    map-map neighbour choice depends on the padded width of the batch (`nearest` uses topk on long rows), so a padded
-    joint encoding differs from a scene's own by up to 0.02 in its keys/values. The grid index is rebuilt over all
-    scenes; its candidate lists may differ, the tokens they admit do not (`drivetune.model.map_grid`)."""
+    Scene by scene, as the rollout workers encode them (one scene per task). The grid index is rebuilt over all
+    scenes; its candidate lists may differ, the tokens they admit do not (`drivetune.model.map_grid`), and `nearest`
+    breaks distance ties by token index, so the neighbours are those the rollouts used."""
     device = inputs[0].tokens.device
     parts = [model.encode_map(x.maps()) for x in inputs]
     if len(parts) == 1:

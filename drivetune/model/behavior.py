@@ -153,7 +153,8 @@ class BehaviorModel(nn.Module):
         grid cell's candidates are measured (exactly the tokens within the radius are among them, see map_grid).
         `trim` (host read: CPU) cuts the lists to the widest in-radius count."""
         cand, dist = ctx.grid.candidates(scene_index, poses[..., :2])  # [B, Q, C]
-        pick, mask = nearest(dist, self.cfg.map_neighbors, self.cfg.map_radius ** 2)  # [B, Q, K] (squared distances)
+        # [B, Q, K] (squared distances); ties by the token's index in its scene (candidate lists differ by grid)
+        pick, mask = nearest(dist, self.cfg.map_neighbors, self.cfg.map_radius ** 2, cand % ctx.poses.shape[1])
         if trim:
             pick, mask = _trim(pick, mask)
         idx = torch.gather(cand, 2, pick)  # padding (masked) points at token 0

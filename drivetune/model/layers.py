@@ -18,6 +18,7 @@ from torch import nn
 from drivetune.tokenizer.layout import relative
 
 CPU_BLOCK_FLOATS = 2**20  # Fourier features of pairs on CPU (inference): row blocks of ~10k pairs (micro)
+TIE_IDS = 1 << 24  # ids below this break ties in `nearest`
 SORT_MAX_ROW = 64  # rows up to this length: a stable full sort is cheaper than topk (CPU, 50 per row: 2x)
 LN_EPS = 1e-5
 MIN_DIRECTION_M = 0.01  # a vector shorter than this has direction 0: float32 noise of world coordinates would pick it
@@ -117,19 +118,27 @@ class FourierEmbedding(nn.Module):
         return y
 
 
-def nearest(dist: torch.Tensor, k: int, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices [..., k'] of the k smallest entries of `dist` [..., N] (inf = excluded), nearest first, and their mask
-    (< radius); k' = min(k, N). Equal distances: short rows (sorted) keep index order, long ones (topk) any order."""
+def nearest(dist: torch.Tensor, k: int, radius: float, ids: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices [..., k'] of the k smallest entries of `dist` [..., N] (>= 0; inf = excluded), nearest first, and their
+    mask (< radius); k' = min(k, N). Equal distances go by `ids` [..., N] (non-negative, < 2^24, unique in a row;
+    default the column index): the choice among equidistant entries is a function of the entries alone, never of the
+    row's length or order, so a padded batch, a longer candidate list or another path (the incremental engine, the
+    learner's packed forward) picks the same neighbours."""
     k = min(k, dist.shape[-1])
     if k == 0:
         shape = (*dist.shape[:-1], 0)
         return torch.zeros(shape, dtype=torch.long, device=dist.device), torch.zeros(shape, dtype=torch.bool,
                                                                                      device=dist.device)
+    if ids is None:
+        ids = torch.arange(dist.shape[-1], device=dist.device)
+    # the float32 bits of a non-negative float order like the float; below them the id: one exact integer key
+    key = (dist.float() + 0.0).view(torch.int32).long() * TIE_IDS + ids
     if dist.shape[-1] <= SORT_MAX_ROW:
-        d, idx = torch.sort(dist, dim=-1, stable=True)
-        return idx[..., :k], d[..., :k] < radius
-    d, idx = torch.topk(dist, k, dim=-1, largest=False, sorted=True)
-    return idx, d < radius
+        idx = torch.sort(key, dim=-1).indices[..., :k]
+    else:
+        idx = torch.topk(key, k, dim=-1, largest=False, sorted=True).indices
+    return idx, torch.gather(dist, -1, idx) < radius
 
 
 def normalize_pairs(rel: torch.Tensor) -> torch.Tensor:

@@ -123,6 +123,32 @@ def test_padding_tokens_are_masked_per_type(model, batch, vocab):
     assert torch.equal(model.token_mask.sum(-1), torch.as_tensor(vocab.sizes))
 
 
+def test_nearest_breaks_ties_by_id_whatever_the_row_length_or_order():
+    """Equidistant entries (common on synthetic maps: evenly spaced tokens) are chosen by id, so the neighbours do not
+    depend on how long the row is (sort for short rows, topk for long ones: padded batches, other grids) or on the
+    order of the entries. Before, topk picked among ties by position and the learner's padded forward disagreed with
+    the rollout engine (logp_diff_max up to 1.8e-3)."""
+    from drivetune.model.layers import SORT_MAX_ROW, nearest
+
+    gen = torch.Generator().manual_seed(4)
+    dist = torch.randint(0, 6, (50, 40), generator=gen).float()  # 6 distinct values over 40 entries: many ties
+    dist[torch.rand(dist.shape, generator=gen) < 0.1] = float("inf")
+    ids = torch.randperm(1000, generator=gen)[:40].expand(50, 40)  # e.g. token indices in the scene
+    idx, mask = nearest(dist, 12, 4.5, ids)
+    chosen = torch.gather(ids, 1, idx)
+    perm = torch.randperm(40, generator=gen)  # another order of the same entries
+    idx_p, mask_p = nearest(dist[:, perm], 12, 4.5, ids[:, perm])
+    assert torch.equal(torch.gather(ids[:, perm], 1, idx_p), chosen) and torch.equal(mask_p, mask)
+    width = SORT_MAX_ROW + 30  # padded past the sort path: topk
+    padded = torch.cat([dist, torch.full((50, width - 40), float("inf"))], 1)
+    pad_ids = torch.cat([ids, torch.arange(1000, 1000 + width - 40).expand(50, -1)], 1)
+    idx_t, mask_t = nearest(padded, 12, 4.5, pad_ids)
+    assert torch.equal(torch.gather(pad_ids, 1, idx_t), chosen) and torch.equal(mask_t, mask)
+    d = torch.gather(dist, 1, idx)  # nearest first; among equal distances the smaller id first
+    later = (d[:, 1:] > d[:, :-1]) | ((d[:, 1:] == d[:, :-1]) & (chosen[:, 1:] > chosen[:, :-1]))
+    assert later[mask[:, 1:]].all()
+
+
 def test_named_sizes_parameter_counts():
     big = grid_vocab(num_speeds=31, num_yaw_rates=64, vocab_size=2048)  # SMART-sized 2048-token head
     counts = {size: BehaviorModel(ModelConfig.named(size), big).num_parameters() for size in ("micro", "nano", "tiny")}
