@@ -100,7 +100,7 @@ def lockstep(url: str, scenario: bytes, sessions: int, period_s: float, duration
     so runs may outlast the service's per-session step limit."""
     clients = [SimAgentsClient(url, api_key=api_key) for _ in range(sessions)]
 
-    def fresh(k: int, seed: int):
+    def fresh(k: int, seed: int) -> ClientSession:
         session = clients[k].create_session(scenario_bytes=scenario, external_ids=[], seed=seed)
         session.step()  # the first step returns the creation's sample; not part of the load
         return session
@@ -133,11 +133,21 @@ def lockstep(url: str, scenario: bytes, sessions: int, period_s: float, duration
             missed[k] += nxt - tick - 1
             tick = nxt
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(sessions)]
+    errors: list[BaseException] = []
+
+    def guarded(k: int) -> None:  # a failed step ends the run with its error, not a silently shorter sample
+        try:
+            run(k)
+        except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(sessions)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]
     wall = time.perf_counter() - start
     for s, c in zip(opened, clients):
         s.close()
