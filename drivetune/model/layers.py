@@ -19,7 +19,7 @@ from drivetune.tokenizer.layout import relative
 
 CPU_BLOCK_FLOATS = 2**20  # Fourier features of pairs on CPU (inference): row blocks of ~10k pairs (micro)
 TIE_IDS = 1 << 24  # ids below this break ties in `nearest`
-SORT_MAX_ROW = 64  # rows up to this length: a stable full sort is cheaper than topk (CPU, 50 per row: 2x)
+SORT_MAX_ROW = 64  # rows up to this length: a full sort is cheaper than topk (CPU, 50 per row: 2x)
 LN_EPS = 1e-5
 MIN_DIRECTION_M = 0.01  # a vector shorter than this has direction 0: float32 noise of world coordinates would pick it
 
