@@ -147,7 +147,7 @@ def run_one(args: argparse.Namespace) -> None:
     cfg = load_config(RFTConfig, configs / "rft_grbo_micro.yaml",
                       [f"init={args.bc}", f"run_dir={args.out}", f"data.shards={args.shards}", "pool.num_workers=1",
                        "pool.num_cpus=1", "learner.num_cpus=1", "resume=false", f"max_iters={args.iters}",
-                       f"max_staleness={args.staleness}"]).validate()
+                       f"max_staleness={args.staleness}", *args.set]).validate()
     with ray_session(num_cpus=2, log_to_driver=False):
         recs = train(cfg, progress=False)
     steady = recs[1:]  # the first iteration pays actor start-up
@@ -168,7 +168,8 @@ def throughput(args: argparse.Namespace) -> None:
             env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
             cmd = [sys.executable, str(REPO / "bench/rl.py"), "_run", "--bc", str(Path(args.bc).resolve()),
                    "--shards", str(Path(args.shards).resolve()), "--iters", str(args.iters), "--staleness",
-                   str(staleness), "--out", str((out / f"{name.replace(' ', '_')}_{rnd}").resolve())]
+                   str(staleness), "--out", str((out / f"{name.replace(' ', '_')}_{rnd}").resolve()), "--set",
+                   *args.set]
             proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)  # cwd: Ray workers' path
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -214,11 +215,11 @@ def learner_one(args: argparse.Namespace) -> None:
     import cluster.rft
     from trainer.learner import Learner
 
-    torch.set_num_threads(1)
     configs = Path(cluster.rft.__file__).resolve().parents[1] / "configs"
-    cfg = load_config(RFTConfig, configs / "rft_grbo_micro.yaml", [f"init={args.bc}"])
+    cfg = load_config(RFTConfig, configs / "rft_grbo_micro.yaml", [f"init={args.bc}", *args.set])
     scenes, batches = pickle.loads(Path(args.groups).read_bytes())
     learner = Learner(cfg.init, cfg.algo, cfg.reward, cfg.learner, cfg.seed)
+    torch.set_num_threads(args.threads)  # after the constructor, which reads OMP_NUM_THREADS
     rows = []
     for _ in range(args.updates):
         cpu = time.process_time()
@@ -242,7 +243,8 @@ def learner_bench(args: argparse.Namespace) -> None:
     for rnd in range(args.rounds):
         for name, tree in trees.items():
             cmd = [sys.executable, str(REPO / "bench/rl.py"), "_learner", "--bc", str(Path(args.bc).resolve()),
-                   "--groups", str(groups.resolve()), "--updates", str(args.updates)]
+                   "--groups", str(groups.resolve()), "--updates", str(args.updates), "--threads",
+                   str(args.new_threads if name == "new" else 1), "--set", *args.set]
             proc = subprocess.run(cmd, cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1"),
                                   capture_output=True, text=True)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -289,6 +291,7 @@ def main() -> None:
     t.add_argument("--baseline", default="bb9ed4c", help="commit whose RL code is the baseline (git archive)")
     t.add_argument("--new", default="", help="commit measured as the new code (default: this working tree)")
     t.add_argument("--out", required=True)
+    t.add_argument("--set", nargs="*", default=[], help="config overrides for every arm (keys both trees know)")
     lb = sub.add_parser("learner")
     lb.add_argument("--bc", required=True)
     lb.add_argument("--shards", required=True)
@@ -297,15 +300,21 @@ def main() -> None:
     lb.add_argument("--baseline", default="bb9ed4c")
     lb.add_argument("--new", default="")
     lb.add_argument("--out", required=True)
+    lb.add_argument("--set", nargs="*", default=[], help="config overrides for both arms (keys both trees know)")
+    lb.add_argument("--new-threads", type=int, default=1, help="intra-op threads of the new arm (baseline: 1, as its "
+                    "Ray actor ran)")
     r1 = sub.add_parser("_learner")
     r1.add_argument("--bc", required=True)
     r1.add_argument("--groups", required=True)
     r1.add_argument("--updates", type=int, required=True)
+    r1.add_argument("--threads", type=int, required=True)
+    r1.add_argument("--set", nargs="*", default=[])
     r = sub.add_parser("_run")  # one measurement, in its own process (throughput starts it)
     for name in ("--bc", "--shards", "--out"):
         r.add_argument(name, required=True)
     r.add_argument("--iters", type=int, required=True)
     r.add_argument("--staleness", type=int, required=True)
+    r.add_argument("--set", nargs="*", default=[])
     args = p.parse_args()
     args.argv = sys.argv[1:]
     {"effect": effect, "throughput": throughput, "learner": learner_bench, "_run": run_one,

@@ -149,6 +149,17 @@ def check_resources(cfg: RFTConfig, resources: dict[str, float]) -> None:
                           f"{have_cpu:g} / {have_gpu:g}; lower pool.num_workers, pool.num_cpus or learner.num_cpus")
 
 
+def learner_threads(cfg: RFTConfig, learner_node: str, worker_nodes: list[str]) -> int:
+    """The learner's intra-op threads: `learner.threads` if set; else its own CPUs and, in synchronous mode, the CPUs
+    of the rollout workers on its node, which sit idle while it updates (one-step-off overlaps the two phases)."""
+    if cfg.learner.threads:
+        return cfg.learner.threads
+    cpus = cfg.learner.num_cpus
+    if cfg.max_staleness == 0:
+        cpus += cfg.pool.num_cpus * sum(node == learner_node for node in worker_nodes)
+    return max(1, int(cpus + 1e-9))
+
+
 def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker] = RolloutWorker,
           learner_cls: type[Learner] = Learner) -> list[dict[str, Any]]:
     """Run (or resume) RL post-training on the connected Ray cluster; returns this call's metric records.
@@ -176,6 +187,8 @@ def train(cfg: RFTConfig, progress: bool = True, worker_cls: type[RolloutWorker]
     drop_metrics_after(run, start)  # iterations logged after the checkpoint we resume from are run again
     spec = PolicySpec.from_checkpoint(cfg.init, reward_agents=cfg.scored, device=cfg.learner.device)
     pool = RolloutPool(spec, cfg.pool, worker_cls=worker_cls)
+    threads = learner_threads(cfg, ray.get(learner.node_id.remote()), pool.node_ids())
+    log.info("learner: %d intra-op threads", ray.get(learner.set_threads.remote(threads)))
     metrics = RayMetrics(tags={"run": run.root.name, "stage": cfg.stage})
     records: list[dict[str, Any]] = []
     queue: deque[Pending] = deque()  # rolled out, not yet trained on: at most max_staleness ahead

@@ -94,6 +94,10 @@ class RolloutPool:
         self.timeouts = 0
         self._metrics = _PoolMetrics()
 
+    def node_ids(self) -> list[str]:
+        """The Ray node of every live worker."""
+        return ray.get([w.node_id.remote() for w, ok in zip(self.workers, self.alive) if ok])
+
     # ------------------------------------------------------------------------------------------------ weights
     def set_weights(self, state: dict[str, np.ndarray], version: int, wait: bool = True) -> float:
         """Broadcast a numpy state dict as policy `version` to every live worker; returns the seconds it blocked.

@@ -84,6 +84,12 @@ class RolloutWorker:
     def get_version(self) -> int:
         return self.version
 
+    def node_id(self) -> str:
+        """The Ray node this worker actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def generate(
         self,
         scenes: Sequence[Any],

@@ -80,6 +80,8 @@ class LearnerConfig:
     device: str = "cpu"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    threads: int = 0  # intra-op threads of the update; 0: auto (cluster.rft: its CPUs, in synchronous mode plus the
+    # CPUs of the rollout workers on its node, which wait while it updates)
     trainable: str = "all"  # all | decoder (CAT-K's fine-tune: map encoder and embeddings frozen)
     carry_optimizer: bool = False  # start from the init checkpoint's AdamW moments (a pipeline stage's `optimizer: carry`)
     optim: LearnerOptim = field(default_factory=LearnerOptim)
@@ -94,7 +96,8 @@ class LearnerConfig:
                                ("optim.min_lr_ratio", 0 <= self.optim.min_lr_ratio <= 1),
                                ("optim.horizon_iters", self.optim.horizon_iters >= 0),
                                ("trainable", self.trainable in TRAINABLE),
-                               ("num_cpus", self.num_cpus >= 0), ("num_gpus", self.num_gpus >= 0)) if not ok]
+                               ("num_cpus", self.num_cpus >= 0), ("num_gpus", self.num_gpus >= 0),
+                               ("threads", self.threads >= 0)) if not ok]
         if bad:
             raise ValueError(f"learner config: bad values for {', '.join(bad)} ({self})")
         return self
@@ -122,7 +125,7 @@ class Learner:
 
     def __init__(self, init: str | os.PathLike, algo: AlgoConfig, reward: RewardConfig, cfg: LearnerConfig,
                  seed: int = 0) -> None:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        torch.set_num_threads(cfg.threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
         self.cfg, self.algo = cfg.validate(), algo.validate()
         self.reward = reward if self.sft else reward.validate()  # SFT has no reward
         self.seed = seed
@@ -158,6 +161,17 @@ class Learner:
         self._weights = state_dict_to_numpy(self.policy)
         self._behaviour = {v: w for v, w in self._behaviour.items() if v >= self.version - 1}
         self._behaviour[self.version] = self._weights
+
+    def node_id(self) -> str:
+        """The Ray node this learner actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def set_threads(self, threads: int) -> int:
+        """Intra-op threads of the update from now on (the driver's `learner.threads: 0` choice); returns them."""
+        torch.set_num_threads(max(1, int(threads)))
+        return torch.get_num_threads()
 
     def weights(self) -> tuple[dict[str, np.ndarray], int]:
         """The current numpy state dict (packed once per version) and its policy version."""
@@ -223,7 +237,8 @@ class Learner:
         if self.algo.name == "mpo":
             stats["alpha"] = float(self.alpha)
         stats.update(policy_version=self.version, policy_version_lag=float(np.mean(lag)),
-                     learner_tokens_per_s=n_tokens / seconds, seconds_update=seconds, groups=len(groups), lr=lr)
+                     learner_tokens_per_s=n_tokens / seconds, seconds_update=seconds, groups=len(groups), lr=lr,
+                     learner_threads=torch.get_num_threads())
         return stats
 
     def _prepare(self, scene: Scene, batch: RolloutGroup) -> GroupState:

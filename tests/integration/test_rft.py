@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cluster.plot import plot_run
-from cluster.rft import RFTConfig, check_resources, train
+from cluster.rft import RFTConfig, check_resources, learner_threads, train
 from drivetune.checkpoint import read_meta
 from drivetune.config import ConfigError, load_config
 from rollout_helpers import rft_data
@@ -40,6 +40,7 @@ def test_rft_runs_two_iterations(ray_local, data, tmp_path, algo):
     for r in records:
         assert r["logp_diff_max"] <= 1e-4  # the learner reproduces the rollouts' behaviour log-probs
         assert r["policy_version_lag"] == 0 and r["groups"] == 2
+        assert r["learner_threads"] == 2  # synchronous: its CPU and the two idle workers' 0.5 each
         assert 0 <= r["collision_rate"] <= 1 and 0 <= r["group_meta"] <= 1 and r["kl_k3"] >= 0
         assert all(r[k] > 0 for k in PHASES) and r["grad_norm"] > 0
     assert records[0]["kl_k3"] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
@@ -84,9 +85,23 @@ def test_rft_config_errors(data, tmp_path):
         check_resources(_config(data, "grbo", tmp_path, "pool.num_workers=4"), {"CPU": 2.0})
 
 
+def test_learner_threads_borrow_only_idle_workers_on_its_node(data, tmp_path):
+    sync = _config(data, "grbo", tmp_path, "pool.num_workers=3", "pool.num_cpus=1", "learner.num_cpus=2")
+    assert learner_threads(sync, "a", ["a", "b", "a"]) == 4  # its 2 CPUs + the 2 workers on node a
+    assert learner_threads(sync, "c", ["a", "b", "a"]) == 2  # no worker on its node
+    off = _config(data, "grbo", tmp_path, "pool.num_workers=3", "pool.num_cpus=1", "learner.num_cpus=2",
+                  "max_staleness=1")
+    assert learner_threads(off, "a", ["a", "a", "a"]) == 2  # one-step-off: the workers run during the update
+    fixed = _config(data, "grbo", tmp_path, "learner.threads=3", "learner.num_cpus=1")
+    assert learner_threads(fixed, "a", ["a", "a"]) == 3
+    with pytest.raises(ConfigError, match="threads"):
+        _config(data, "grbo", tmp_path, "learner.threads=-1")
+
+
 @pytest.mark.slow
 def test_one_step_off_trains_on_groups_one_version_behind(ray_local, data, tmp_path):
     records = train(_config(data, "grpo", tmp_path / "off", "max_iters=3", "max_staleness=1"), progress=False)
     assert [r["policy_version_lag"] for r in records] == [0, 1, 1]  # the next rollouts overlap the current update
+    assert all(r["learner_threads"] == 1 for r in records)  # the workers are busy during the update: its CPU only
     assert [r["policy_version"] for r in records] == [1, 2, 3]
     assert all(r["logp_diff_max"] <= 1e-4 for r in records)  # the learner kept the version that rolled them
