@@ -10,8 +10,9 @@ the policy that generated it returns its behaviour log-probs (tests: max |delta|
 Two ways to feed the forward, with the same results:
 - `score_rows` / `score_group`: the rollouts of one group, its map encoded per call (the plain path; tests).
 - `pack` + `score_chunk`: the learner's path. A scene's map is encoded once (`encode_maps`) and serves every rollout
-  of its group; rollouts of several groups share one forward, their agents padded to the chunk's widest group
-  (groups sorted by agent count), chunks sized by a memory budget (`chunk_tokens`).
+  of its group, and so are its decoded history tokens (the logged history: decoded once per chunk); rollouts of
+  several groups share one forward, their agents padded to the chunk's widest group (groups sorted by agent count),
+  chunks sized by a memory budget (`chunk_tokens`).
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ class PackedChunk:
     agents: AgentBatch
     scene_index: torch.Tensor
     tokens: torch.Tensor  # long [R, A', 16] the rollouts' own tokens (0 on padding)
+    prefix_rows: torch.Tensor  # long [R] the first row of each row's group here: their history tokens are the same
 
     def split(self, t: torch.Tensor, inputs: Sequence[RescoreInputs]) -> list[torch.Tensor]:
         """Per part, `t` [R, A', ...] cut back to that group's rows and agents [r, A_g, ...]."""
@@ -238,7 +240,10 @@ def _packed(inputs: Sequence[RescoreInputs], parts: list[tuple[int, torch.Tensor
     device = agents.tokens.device
     scene_index = torch.cat([torch.full((len(rows),), gi, dtype=torch.long) for gi, rows in parts]).to(device)
     tokens = torch.cat([pad(inputs[gi].tokens[rows.to(device)]) for gi, rows in parts])
-    return PackedChunk(parts, agents, scene_index, tokens)
+    starts = np.cumsum([0] + [len(rows) for _, rows in parts[:-1]])
+    prefix_rows = torch.cat([torch.full((len(rows),), int(lo), dtype=torch.long) for lo, (_, rows) in
+                             zip(starts, parts)]).to(device)
+    return PackedChunk(parts, agents, scene_index, tokens, prefix_rows)
 
 
 def encode_maps(model: BehaviorModel, inputs: Sequence[RescoreInputs]) -> MapContext:
@@ -266,6 +271,8 @@ def encode_maps(model: BehaviorModel, inputs: Sequence[RescoreInputs]) -> MapCon
 
 def score_chunk(model: BehaviorModel, ctx: MapContext, chunk: PackedChunk, targets: torch.Tensor | None = None,
                 full: bool = False, candidates: Candidates | None = None) -> TokenScores:
-    """`score_rows` for a packed chunk on encoded maps: scores [R, A', 16] (padding agents score garbage)."""
-    logits = model.decode(ctx, chunk.agents, chunk.scene_index)[:, :, CURRENT_BOUNDARY - 1 :]
+    """`score_rows` for a packed chunk on encoded maps: scores [R, A', 16] (padding agents score garbage). The
+    history tokens of a group's rollouts are decoded once (`BehaviorModel.decode`'s shared prefix)."""
+    logits = model.decode(ctx, chunk.agents, chunk.scene_index, chunk.prefix_rows,
+                          CURRENT_BOUNDARY)[:, :, CURRENT_BOUNDARY - 1 :]
     return token_scores(logits, chunk.tokens, targets, full, candidates)

@@ -11,6 +11,7 @@ from torch import nn
 from drivetune.model.batch import MAP_FEAT_DIM, AgentBatch, MapBatch
 from drivetune.model.model_config import MODEL_VERSION, ModelConfig
 from drivetune.model.map_grid import MapGrid, build_map_grid
+from drivetune.model.prefix import SharedPrefix
 from drivetune.model.layers import FourierEmbedding, RelAttention, mlp, nearest, normalize_pairs, pose_features
 from drivetune.model.layers import direction, smart_init
 from drivetune.tokenizer import NUM_AGENT_TYPES, MotionVocab
@@ -203,10 +204,15 @@ class BehaviorModel(nn.Module):
         """Teacher-forced logits [B, A, T, V]; logits[:, :, i] predict token i + 1. B must be a multiple of S."""
         return self.decode(self.encode_map(mb), agents)
 
-    def decode(self, ctx: MapContext, agents: AgentBatch, scene_index: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, ctx: MapContext, agents: AgentBatch, scene_index: torch.Tensor | None = None,
+               prefix_rows: torch.Tensor | None = None, prefix_len: int = 0) -> torch.Tensor:
         """`forward` on an encoded map: row b of `agents` lies in scene `scene_index[b]` of `ctx` (default: B / S
         consecutive rows per scene), so one encoding serves any number of rows. On CPU the neighbour lists are cut
-        to their widest in-radius count and only in-radius pairs are embedded (masked pairs weigh exactly 0)."""
+        to their widest in-radius count and only in-radius pairs are embedded (masked pairs weigh exactly 0).
+
+        `prefix_rows` [B] (eval mode only): row b's first `prefix_len` tokens are those of row `prefix_rows[b]` (the
+        logged history of rollouts of one scene). Those tokens are decoded once, on that row, and shared: causal
+        attention never lets a later token change them, so the logits are the same as without sharing."""
         b, a, t = agents.tokens.shape
         if scene_index is None:
             scene_index = _scene_index(b, ctx.num_scenes, agents.tokens.device)
@@ -216,8 +222,9 @@ class BehaviorModel(nn.Module):
         prev = torch.cat([torch.zeros_like(poses[:, :, :1]), poses[:, :, :-1]], 2)
         prev_valid = torch.cat([torch.zeros_like(valid[:, :, :1]), valid[:, :, :-1]], 2)
         size = agents.size.to(poses.dtype)
-        x = self._embed(agents.tokens, agents.type_idx, size, poses, prev, prev_valid).flatten(0, 2)
-        dev = poses.device  # x: [N, H], N = B*A*T in (b, a, t) order
+        dev = poses.device  # token rows n = (b * A + a) * T + t; `keep` the decoded ones, `remap` n -> decoded row
+        shared = SharedPrefix.build(b, a, t, None if self.training else prefix_rows, prefix_len, dev)
+        x = shared.rows(self._embed(agents.tokens, agents.type_idx, size, poses, prev, prev_valid).flatten(0, 2))
         # temporal: the previous W tokens of the same agent, oldest first (lags W..1)
         w = self.cfg.time_span
         lag = torch.arange(w, 0, -1, device=dev)
@@ -227,29 +234,30 @@ class BehaviorModel(nn.Module):
         keys = valid
         if self.training and self.cfg.hist_drop > 0:  # SMART's history dropout: past tokens hidden as temporal keys
             keys = valid & (torch.rand(valid.shape, device=dev) >= self.cfg.hist_drop)
-        t_mask = (t_ok & keys[:, :, src_t]).flatten(0, 2)  # [N, W]
-        t_rel = normalize_pairs(self.rel_time(pose_features(poses[:, :, :, None], poses[:, :, src_t],
-                                                            -lag.float()))).flatten(0, 2)
+        t_mask = shared.rows((t_ok & keys[:, :, src_t]).flatten(0, 2))  # [N', W] (N' decoded token rows)
+        t_rel = normalize_pairs(self.rel_time(shared.rows(
+            pose_features(poses[:, :, :, None], poses[:, :, src_t], -lag.float()).flatten(0, 2))))
         row = torch.arange(b * a, device=dev).view(b, a, 1, 1) * t
-        t_idx = (row + src_t).flatten(0, 2)
+        t_idx = shared.index(shared.rows((row + src_t).flatten(0, 2)))
         # map: nearest map tokens of each (agent, time) pose
-        m_idx, m_rel, m_mask = self._map_neighbours(ctx, scene_index, poses.flatten(1, 2), compact, compact)
+        m_scene, m_query = shared.rows(scene_index.repeat_interleave(a * t)), shared.rows(poses.flatten(0, 2))
+        m_idx, m_rel, m_mask = self._map_neighbours(ctx, m_scene, m_query[:, None], compact, compact)
         m_idx, m_rel, m_mask = m_idx.flatten(0, 1), m_rel.flatten(0, 1), m_mask.flatten(0, 1)
-        # agents: nearest other agents at the same time
-        a_idx, a_rel, a_mask = self._agent_neighbours(poses.transpose(1, 2).flatten(0, 1),
-                                                      valid.transpose(1, 2).flatten(0, 1), compact, compact)
+        # agents: nearest other agents at the same time, for the (row, time) slices with a decoded token
+        slices = shared.slice_ids  # [Q] the (row, time) slices b * T + t holding decoded tokens
+        a_idx, a_rel, a_mask = self._agent_neighbours(poses.transpose(1, 2).flatten(0, 1)[slices],
+                                                      valid.transpose(1, 2).flatten(0, 1)[slices], compact, compact)
         k = a_idx.shape[-1]
-        a_idx = a_idx.view(b, t, a, k).transpose(1, 2)  # [B, A, T, K]
-        base = torch.arange(b, device=dev).view(b, 1, 1, 1) * a * t + torch.arange(t, device=dev).view(1, 1, t, 1)
-        a_idx = (base + a_idx * t).flatten(0, 2)
-        a_rel = a_rel.view(b, t, a, k, -1).transpose(1, 2).flatten(0, 2)
-        a_mask = a_mask.view(b, t, a, k).transpose(1, 2).flatten(0, 2)
+        bt = slices.repeat_interleave(a)[:, None]  # [Q * A, 1] the (row, time) slice of each query
+        a_idx = shared.index(((bt // t) * a + a_idx.view(-1, k)) * t + bt % t)[shared.query]
+        a_rel = torch.index_select(a_rel.reshape(-1, k, a_rel.shape[-1]), 0, shared.query)
+        a_mask = a_mask.reshape(-1, k)[shared.query]
         for layer in range(self.cfg.agent_layers):
             tb, mblk, ab = self.time_blocks[layer], self.map_agent_blocks[layer], self.agent_blocks[layer]
             x = tb(x, _rows(tb.project(x), t_idx), t_rel, t_mask)
             x = mblk(x, _rows(ctx.kv[layer], m_idx), m_rel, m_mask)
             x = ab(x, _rows(ab.project(x), a_idx), a_rel, a_mask)
-        return self._logits(x.view(b, a, t, -1), agents.type_idx)
+        return self._logits(shared.expand(x).view(b, a, t, -1), agents.type_idx)
 
     # ------------------------------------------------------------ incremental
     def start(self, ctx: MapContext, history: AgentBatch, num_rollouts: int = 1) -> tuple[DecodeState, torch.Tensor]:

@@ -20,7 +20,8 @@ from drivetune.checkpoint import (  # noqa: E402
     save_checkpoint,
     state_dict_to_numpy,
 )
-from drivetune.model import BehaviorModel, ModelConfig, collate  # noqa: E402
+from drivetune.model import AgentBatch, BehaviorModel, ModelConfig, collate  # noqa: E402
+from drivetune.model.prefix import SharedPrefix  # noqa: E402
 from drivetune.tokenizer import MotionVocab  # noqa: E402
 from drivetune.womd import load_scene  # noqa: E402
 from trainer.run_directory import RunDirectory  # noqa: E402
@@ -76,6 +77,30 @@ def test_incremental_decoding_matches_full_context(model, batch):
         assert (other[:, :, 5] - full[:, :, 5]).abs()[ab.valid[:, :, 5]].nan_to_num(0.0).max() > 1e-3
         # ... and the earlier steps are causal (unchanged)
         _close_where_valid(other[:, :, :3], full[:, :, :3], ab.valid[:, :, :3], 1e-5)
+
+
+def test_shared_history_is_decoded_once_with_the_same_logits(model, batch):
+    mb, ab = batch
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.tensor([0, 0, 0, 1, 1, 1])  # 3 rollouts per scene: the same history (tokens 0, 1), then their own
+    rep = AgentBatch(*(getattr(ab, f)[rows].clone() for f in ("tokens", "poses", "valid", "type_idx", "size")))
+    rep.tokens[:, :, 2:] = torch.randint(0, 40, rep.tokens[:, :, 2:].shape, generator=gen)
+    rep.poses[:, :, 2:, :2] += torch.randn(rep.poses[:, :, 2:, :2].shape, generator=gen)
+    ctx, prefix = model.encode_map(mb), torch.tensor([0, 0, 0, 3, 3, 3])
+    shared = SharedPrefix.build(6, rep.tokens.shape[1], rep.tokens.shape[2], prefix, 2, torch.device("cpu"))
+    assert len(shared.keep) == rep.valid.numel() - 4 * 2 * rep.tokens.shape[1]  # 4 rows read 2 tokens elsewhere
+    with torch.no_grad():
+        plain = model.decode(ctx, rep, rows)
+        once = model.decode(ctx, rep, rows, prefix, 2)
+        _close_where_valid(once, plain, rep.valid, 1e-5)
+        # rows whose histories differ must not share one: the test sees the difference
+        other = replace(rep, poses=rep.poses.clone())
+        other.poses[1, :, :2, :2] += 3.0
+        wrong = model.decode(ctx, other, rows, prefix, 2)
+        right = model.decode(ctx, other, rows)
+        assert (wrong[1, :, 2] - right[1, :, 2]).abs()[other.valid[1, :, 2]].nan_to_num(0.0).max() > 1e-3
+    with pytest.raises(ValueError, match="prefix_rows"):
+        model.decode(ctx, rep, rows, torch.tensor([1, 0, 0, 3, 3, 3]), 2)
 
 
 def test_state_select_keeps_rows(model, batch):
