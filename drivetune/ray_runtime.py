@@ -55,3 +55,10 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, dash
 def verbose_ray() -> bool:
     """Whether Ray's own start-up and worker logs should reach the terminal (`drivetune ... --verbose`)."""
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def current_node_id() -> str:
+    """The Ray node the calling worker or actor runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

@@ -20,6 +20,7 @@ from drivetune.checkpoint import check_state_dict, read_model_spec, resolve_chec
 from drivetune.closed_loop import SceneRollouts, simulate
 from drivetune.config import from_dict, to_dict
 from drivetune.model import BehaviorModel, ModelConfig
+from drivetune.ray_runtime import current_node_id
 from drivetune.samplers import SamplerConfig
 from drivetune.scene import Scene
 from drivetune.tokenizer import MotionVocab
@@ -86,9 +87,7 @@ class RolloutWorker:
 
     def node_id(self) -> str:
         """The Ray node this worker actor runs on."""
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
+        return current_node_id()
 
     def generate(
         self,

@@ -30,6 +30,7 @@ from drivetune.checkpoint import load_checkpoint, load_numpy_state_dict, load_we
 from drivetune.checkpoint import state_dict_to_numpy
 from drivetune.model import AgentBatch, agent_batch
 from drivetune.model.behavior import MapContext
+from drivetune.ray_runtime import current_node_id
 from drivetune.scene import Scene
 from drivetune.tokenizer import tokenize_scene
 from trainer.algorithms import AlgoConfig, calibrate_alpha, policy_loss, token_advantages
@@ -164,9 +165,7 @@ class Learner:
 
     def node_id(self) -> str:
         """The Ray node this learner actor runs on."""
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
+        return current_node_id()
 
     def set_threads(self, threads: int) -> int:
         """Intra-op threads of the update from now on (the driver's `learner.threads: 0` choice); returns them."""
