@@ -210,9 +210,9 @@ class BehaviorModel(nn.Module):
         consecutive rows per scene), so one encoding serves any number of rows. On CPU the neighbour lists are cut
         to their widest in-radius count and only in-radius pairs are embedded (masked pairs weigh exactly 0).
 
-        `prefix_rows` [B] (eval mode only): row b's first `prefix_len` tokens are those of row `prefix_rows[b]` (the
-        logged history of rollouts of one scene). Those tokens are decoded once, on that row, and shared: causal
-        attention never lets a later token change them, so the logits are the same as without sharing."""
+        `prefix_rows` [B] (used in eval mode on CPU): row b's first `prefix_len` tokens are those of row
+        `prefix_rows[b]` (the logged history of rollouts of one scene). Those tokens are decoded once, on that row,
+        and shared: causal attention never lets a later token change them, so the logits are the same."""
         b, a, t = agents.tokens.shape
         if scene_index is None:
             scene_index = _scene_index(b, ctx.num_scenes, agents.tokens.device)
@@ -223,7 +223,8 @@ class BehaviorModel(nn.Module):
         prev_valid = torch.cat([torch.zeros_like(valid[:, :, :1]), valid[:, :, :-1]], 2)
         size = agents.size.to(poses.dtype)
         dev = poses.device  # token rows n = (b * A + a) * T + t; `keep` the decoded ones, `remap` n -> decoded row
-        shared = SharedPrefix.build(b, a, t, None if self.training else prefix_rows, prefix_len, dev)
+        share = not self.training and dev.type == "cpu"  # (the decoded row counts are host reads: CPU only)
+        shared = SharedPrefix.build(b, a, t, prefix_rows if share else None, prefix_len, dev)
         x = shared.rows(self._embed(agents.tokens, agents.type_idx, size, poses, prev, prev_valid).flatten(0, 2))
         # temporal: the previous W tokens of the same agent, oldest first (lags W..1)
         w = self.cfg.time_span
