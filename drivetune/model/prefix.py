@@ -27,19 +27,20 @@ class SharedPrefix:
     def build(cls, b: int, a: int, t: int, prefix_rows: torch.Tensor | None, prefix_len: int,
               device: torch.device) -> "SharedPrefix":
         rb, tt, aa = (torch.arange(n, device=device) for n in (b, t, a))
+        elsewhere = None  # [B, T] tokens decoded on another row
         if prefix_rows is None or prefix_len <= 0:  # every token decoded on its own row (no host read)
-            slice_ids = torch.arange(b * t, device=device)
-            return cls(None, None, slice_ids, (slice_ids.view(b, 1, t) * a + aa.view(1, a, 1)).flatten())
-        prefix_rows = prefix_rows.to(device)
-        if prefix_rows.shape != (b,) or not torch.equal(prefix_rows[prefix_rows], prefix_rows):
-            raise ValueError(f"prefix_rows must give each of the {b} rows a row that is its own prefix row, "
-                             f"got {prefix_rows.tolist()}")
-        elsewhere = (prefix_rows != rb)[:, None] & (tt < prefix_len)  # [B, T] tokens decoded on another row
-        slice_ids = (~elsewhere).flatten().nonzero().squeeze(-1)
-        position = torch.full((b * t,), -1, dtype=torch.long, device=device)
-        position[slice_ids] = torch.arange(len(slice_ids), device=device)
+            slice_ids = position = torch.arange(b * t, device=device)
+        else:
+            prefix_rows = prefix_rows.to(device)
+            if prefix_rows.shape != (b,) or not torch.equal(prefix_rows[prefix_rows], prefix_rows):
+                raise ValueError(f"prefix_rows must give each of the {b} rows a row that is its own prefix row, "
+                                 f"got {prefix_rows.tolist()}")
+            elsewhere = (prefix_rows != rb)[:, None] & (tt < prefix_len)
+            slice_ids = (~elsewhere).flatten().nonzero().squeeze(-1)
+            position = torch.full((b * t,), -1, dtype=torch.long, device=device)
+            position[slice_ids] = torch.arange(len(slice_ids), device=device)
         query = (position.view(b, 1, t) * a + aa.view(1, a, 1)).flatten()  # [B * A * T] in token-row order
-        if not bool(elsewhere.any()):
+        if elsewhere is None or not bool(elsewhere.any()):
             return cls(None, None, slice_ids, query)
         kept = (~elsewhere)[:, None, :].expand(b, a, t).flatten()
         keep = kept.nonzero().squeeze(-1)
