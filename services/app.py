@@ -127,7 +127,8 @@ class SimAgents(TrafficMixin):
     @api.get("/v1/model", responses=errors(401, 503))
     async def model(self) -> dict:
         """Checkpoint, policy version, vocab hash, size; open sessions by version; scene maps the engines hold (one per
-        open session: a higher count is a leak); this replica's RSS and CPU time."""
+        open session: a higher count is a leak); this replica's RSS (closed sessions' heap is returned to the OS within
+        `TRIM_EVERY_S` of the next call) and CPU time."""
         with open("/proc/self/statm") as f:
             rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         return {**self.store.model_info(), "replica_rss_bytes": rss, "replica_cpu_s": time.process_time()}

@@ -3,6 +3,8 @@ batched step. Plain Python (no Ray): `services.app` wraps it in HTTP; errors are
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import math
 import re
@@ -28,6 +30,16 @@ from services.serve_config import ServeConfig
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 STEP_SECONDS = 0.5
 TOMBSTONES = 4096  # ids of closed / expired sessions remembered for a clear 404
+TRIM_EVERY_S = 5.0  # at most this often the heap freed by closed sessions goes back to the OS
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+def release_free_heap() -> None:
+    """Return the allocator's free pages to the OS (glibc `malloc_trim`; nothing elsewhere): without it a replica's
+    RSS keeps the peak of its step threads' arenas, and a closed session's memory never shows as released."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class ServiceError(Exception):
@@ -91,6 +103,7 @@ class SessionStore:
         self.closed: OrderedDict[str, str] = OrderedDict()  # id -> why (closed / expired)
         self._scenes: OrderedDict[str, Scene] = OrderedDict()
         self._seq = itertools.count()
+        self._freed, self._trimmed_at = False, 0.0  # a session closed since the last heap release; when that was
 
     # ------------------------------------------------------------------------------------------ policies
     def set_policy(self, checkpoint: str, version: int | None) -> Policy:
@@ -116,16 +129,21 @@ class SessionStore:
 
     # ------------------------------------------------------------------------------------------ lifetime
     def expire(self, now: float | None = None) -> int:
-        """Close sessions idle longer than the TTL; returns how many."""
+        """Close sessions idle longer than the TTL (and, at most every TRIM_EVERY_S, give the heap closed sessions
+        freed back to the OS); returns how many."""
         now = time.monotonic() if now is None else now
         old = [k for k, v in self.sessions.items() if now - v.last_used > self.cfg.session_ttl_s]
         for k in old:
             self._close(k, "expired (idle longer than the TTL)")
+        if self._freed and now - self._trimmed_at >= TRIM_EVERY_S:
+            release_free_heap()
+            self._freed, self._trimmed_at = False, now
         return len(old)
 
     def _close(self, session_id: str, why: str) -> None:
         live = self.sessions.pop(session_id)
         live.policy.engine.close(live.session)
+        self._freed = True
         self.closed[session_id] = why
         while len(self.closed) > TOMBSTONES:
             self.closed.popitem(last=False)

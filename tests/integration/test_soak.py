@@ -1,5 +1,5 @@
 """Soak: 200 sessions in 10 waves against one replica (some closed by the client, some left to expire by the TTL):
-no session stays in the store, and the replica's RSS returns to within 10 % of its level after the first wave (a
+no session stays in the store, and the replica's RSS stays within 10 % of its level after the first waves (a
 replica that kept per-session state would grow with every wave)."""
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ def test_two_hundred_sessions_in_waves_leave_no_session_and_no_growth(ray_local,
     assert [w.open_after for w in report.waves] == [0] * 10  # closed and expired sessions all left the store
     assert [w.maps_held for w in report.waves] == [0] * 10  # ... and released their engine state
     assert report.expired_404 == 50  # the idle ones expired (404 "expired"), not closed
-    # "returns to": the lowest of the last three waves. A single wave's RSS moves by up to 13 % (allocator noise: one
-    # full-suite run read 641 MiB after the first wave and 594, 628, 713 after the last three); a leak raises every
-    # late wave (1 MiB per session would put all three about 150 MiB above the first)
-    assert min(rss[-3:]) <= 1.10 * rss[0], rss
+    # "no growth": the median of the last three waves against the median of waves 2-4 (the first wave still sizes
+    # thread pools and batch buffers). The replica returns closed sessions' heap to the OS (store.release_free_heap),
+    # so its RSS follows what it holds: quiet runs read 532 494 515 496 507 516 497 498 491 498 and 487 513 520 532
+    # 513 514 502 550 534 523 MiB (without the release one full-suite run read 741 ... 883 819 885); 1 MiB leaked per
+    # session read 536 530 597 582 602 602 623 643 665 708 (665 against 582: +14 %)
+    warm, late = sorted(rss[1:4])[1], sorted(rss[-3:])[1]
+    assert late <= 1.10 * warm, rss
     assert load["steps"] > 2 * MAX_STEPS  # more steps than two sessions could take without a swap
