@@ -3,6 +3,7 @@
 Realism terms (added, weight × value): `meta_single` (the rollout's own realism meta metric), `loo_contribution`
 (MLOO: the group's meta without the rollout, subtracted from the mean of those) and `group_meta` (the group's meta
 metric, the same for all G rollouts: MPO's scalar). Safety terms (subtracted, weight × value): `collision`,
+`collision_at_fault` (only the agent that drove into the other: `drivetune.realism.rewards.collision_at_fault`),
 `offroad` (vehicles and cyclists only: a pedestrian on a sidewalk is "offroad" in the official metric and must never
 be taught to walk on the road) and `red_light` (vehicles only). Per rollout a safety term is the number of scored
 agents with the event divided by the number of scored agents (all types), so the rollout's safety penalty is the mean
@@ -20,9 +21,10 @@ from drivetune.tokenizer import TYPE_CYCLIST, TYPE_PEDESTRIAN, TYPE_VEHICLE
 from trainer.groups import RolloutGroup
 
 REALISM_TERMS = ("meta_single", "loo_contribution", "group_meta")
-SAFETY_TERMS = ("collision", "offroad", "red_light")
+SAFETY_TERMS = ("collision", "collision_at_fault", "offroad", "red_light")
 # Agent types (the tokenizer's type index, `RolloutBatch.agent_type`) whose events count, per safety term.
-ELIGIBLE_TYPES = {"collision": (TYPE_VEHICLE, TYPE_PEDESTRIAN, TYPE_CYCLIST), "offroad": (TYPE_VEHICLE, TYPE_CYCLIST),
+ALL_TYPES = (TYPE_VEHICLE, TYPE_PEDESTRIAN, TYPE_CYCLIST)
+ELIGIBLE_TYPES = {"collision": ALL_TYPES, "collision_at_fault": ALL_TYPES, "offroad": (TYPE_VEHICLE, TYPE_CYCLIST),
                   "red_light": (TYPE_VEHICLE,)}
 
 
@@ -34,6 +36,7 @@ class RewardConfig:
     loo_contribution: float = 0.0
     group_meta: float = 0.0
     collision: float = 0.0
+    collision_at_fault: float = 0.0
     offroad: float = 0.0
     red_light: float = 0.0
     # Per-agent rewards: each scored agent receives share × the rollout's weighted realism reward (a rollout's realism
@@ -92,6 +95,8 @@ def _scored_events(batch: RolloutGroup) -> tuple[np.ndarray, dict[str, np.ndarra
     agent_type = np.asarray(batch.agent_type, np.int64)[idx]
     events = {}
     for name in SAFETY_TERMS:
+        if name not in batch.rewards:  # a group without this term: an error only if the term has a weight (_weighted)
+            continue
         ind = np.asarray(batch.rewards[name], bool)
         if ind.shape != ids.shape:
             raise ValueError(f"rewards[{name!r}] shape {ind.shape} differs from scored_object_ids {ids.shape}")
@@ -99,10 +104,16 @@ def _scored_events(batch: RolloutGroup) -> tuple[np.ndarray, dict[str, np.ndarra
     return idx, events
 
 
+def _require(name: str, available: dict, cfg: RewardConfig) -> None:
+    if name not in available:
+        raise ValueError(f"reward term {name!r} has weight {getattr(cfg, name)} but the group carries no {name!r}")
+
+
 def _weighted(terms: dict[str, np.ndarray], cfg: RewardConfig, names: tuple[str, ...], G: int) -> np.ndarray:
     total = np.zeros(G)
     for n in names:
         if getattr(cfg, n) != 0:
+            _require(n, terms, cfg)
             total += getattr(cfg, n) * terms[n]
     return total
 
@@ -131,6 +142,7 @@ def agent_rewards(batch: RolloutGroup, cfg: RewardConfig) -> tuple[np.ndarray, n
     scored_ga[rows, idx] = True
     for n in SAFETY_TERMS:
         if getattr(cfg, n) != 0:
+            _require(n, events, cfg)
             np.add.at(penalty, (np.broadcast_to(rows, idx.shape), idx), getattr(cfg, n) * events[n])
     scored = scored_ga.any(0)
     reward = np.where(scored_ga, cfg.agent_realism_share * realism[:, None] - penalty, 0.0)

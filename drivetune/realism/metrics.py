@@ -50,6 +50,7 @@ class Terms:
     log_bins: dict[str, Tensor]  # [S, E, T] (T = 1 for Bernoulli terms)
     masks: dict[str, Tensor]  # [S, E, T]
     indicators: dict[str, Tensor]  # sim "ever happened" [S, R, E] for collision / offroad / red light (scored)
+    first_collision: Tensor  # long [S, R, E]: the first future step (0-79) with a collision, -1 without one
     ade: Tensor  # [S, R, E]
     rates: dict[str, Tensor]  # [S]
 
@@ -98,13 +99,15 @@ def build_terms(batch: Batch, feats: dict[str, Tensor], cfg: MetricConfig, cur: 
         counts[name] = rollout_counts(ever[:, 1:, :, None].long(), fc)
         log_bins[name] = ever[:, 0, :, None].long()
         masks[name] = sm[:, :, None]
+    hit = events["collision_indication"][:, 1:] & sm[:, None, :, None]  # [S, R, E, 80]
+    first_collision = torch.where(hit.any(-1), hit.to(torch.uint8).argmax(-1), -1)
     red_any = (feats["traffic_light_violation_per_step"] & log_valid[:, None]).any(-1)[:, 1:]
     denom = sm.sum(1).to(torch.float64) * batch.num_rollouts
     rate = lambda ind: (ind & sm[:, None]).sum((1, 2)).to(torch.float64) / denom  # noqa: E731
     rates = {"simulated_collision_rate": rate(indicators["collision_indication"]),
              "simulated_offroad_rate": rate(indicators["offroad_indication"]),
              "simulated_traffic_light_violation_rate": rate(red_any)}
-    return Terms(counts, log_bins, masks, indicators, displacement_error(batch), rates)
+    return Terms(counts, log_bins, masks, indicators, first_collision, displacement_error(batch), rates)
 
 
 def likelihoods(terms: Terms, cfg: MetricConfig, counts: dict[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -11,11 +11,11 @@ import torch
 from drivetune.cli import main as cli_main
 from drivetune.realism import CONFIG_2024, RolloutError, Rollouts, realism_metrics
 from drivetune.realism.challenge import FEATURE_NAMES
-from drivetune.realism.metrics import METRIC_FIELDS
+from drivetune.realism.metrics import METRIC_FIELDS, evaluate
 from drivetune.realism.rewards import rollout_rewards
 from drivetune.realism.submission import (SubmissionError, read_submission, to_scenario_rollouts,
                                           validate_scenario_rollouts, write_submission)
-from drivetune.scene import HEADING, VX, VY, X, Y, Z, AgentType
+from drivetune.scene import HEADING, LENGTH, VX, VY, X, Y, Z, AgentType
 from drivetune.womd import load_scene
 
 
@@ -267,3 +267,30 @@ def test_mean_metrics_averages_scenes(scene, noisy):
     mean = mean_metrics(rows)
     assert mean["metametric"] == pytest.approx((rows[0]["metametric"] + rows[1]["metametric"]) / 2)
     assert "scenario_id" not in mean
+
+
+def test_collision_at_fault_charges_the_car_that_drives_into_the_other(scene):
+    """Two logged vehicles moved 3 km away from everything: in rollout 0 car A runs into stationary car B from behind
+    (A at fault, B not), in rollout 1 they meet head-on (both at fault). The first collision is the step the gap
+    between their centres drops below the two half-lengths (aligned boxes: corner rounding leaves the length)."""
+    cur = scene.current_time_index
+    ro = logged_rollouts(scene, 2)
+    vehicle = scene.track_types[scene.track_index(ro.object_id)] == int(AgentType.VEHICLE)
+    a_id, b_id = ro.object_id[vehicle][:2]
+    a, b = list(ro.object_id).index(a_id), list(ro.object_id).index(b_id)
+    half = [float(scene.states[scene.track_index([i])[0], cur, LENGTH]) / 2 for i in (a_id, b_id)]
+    far = np.array([scene.states[:, cur, X].max() + 3000.0, scene.states[:, cur, Y].max() + 3000.0])
+    t = np.arange(80)
+    for r, (sign, b_heading) in enumerate([(1.0, 0.0), (-1.0, np.pi)]):  # B still, facing along +x / towards A
+        ro.x[r, b], ro.y[r, b], ro.heading[r, b] = far[0], far[1], b_heading
+        ro.x[r, a], ro.y[r, a], ro.heading[r, a] = far[0] - 40.0 + 1.0 * t, far[1], 0.0  # A drives +x at 10 m/s
+    gap = 40.0 - 1.0 * t
+    want_first = int(np.flatnonzero(gap < sum(half))[0])
+    rw = rollout_rewards(scene, ro, scored="all")
+    ea, eb = (list(rw.scored_ids[0]).index(i) for i in (a_id, b_id))
+    assert rw.collision[0, :, ea].all() and rw.collision[0, :, eb].all()
+    assert rw.collision_at_fault[0, 0, ea] and not rw.collision_at_fault[0, 0, eb]  # rear-end: the follower only
+    assert rw.collision_at_fault[0, 1, ea] and rw.collision_at_fault[0, 1, eb]  # head-on: both
+    assert not (rw.collision_at_fault & ~rw.collision).any()  # at fault only in a collision
+    _, terms, _ = evaluate([scene], [ro], scored="all")
+    assert abs(int(terms.first_collision[0, 0, ea]) - want_first) <= 1, (int(terms.first_collision[0, 0, ea]), want_first)

@@ -105,3 +105,20 @@ def test_reward_config_validation_and_presets():
     assert (grbo.meta_single, grbo.collision, grbo.offroad, grbo.red_light) == (1.0, 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="no reward preset"):
         RewardConfig.preset("ppo")
+
+
+def test_collision_at_fault_is_its_own_term_and_a_weighted_missing_term_is_named():
+    # r0: vehicle 40 and the cyclist 30 collided; only vehicle 40 drove into the other
+    b = _batch(collision=np.array([[1, 0, 1], [0, 0, 0]], bool),
+               collision_at_fault=np.array([[1, 0, 0], [0, 0, 0]], bool))
+    cfg = RewardConfig(collision_at_fault=2.0).validate()
+    reward, terms = weighted_rewards(b, cfg)
+    np.testing.assert_allclose(terms["collision"], [2 / 3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(terms["collision_at_fault"], [1 / 3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(reward, [-2 / 3, 0.0], atol=1e-12)
+    per_agent, _ = agent_rewards(b, cfg)
+    np.testing.assert_allclose(per_agent, [[0.0, 0.0, 0.0, -2.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-12)
+    with pytest.raises(ValueError, match="collision_at_fault"):
+        weighted_rewards(_batch(), cfg)  # the hand-built group carries no at-fault indicators
+    with pytest.raises(ValueError, match="collision_at_fault"):
+        agent_rewards(_batch(), cfg)
