@@ -46,7 +46,8 @@ def test_worker_batch_contents_and_versions(setup):
     assert 0.0 < batch.group_rewards["metametric"] < 1.0
     r = batch.rewards  # per rollout, leading dim G: indicators per scored agent and leave-one-out contributions
     E = len(scene.evaluated_agent_ids())
-    assert r["collision"].shape == r["offroad"].shape == r["red_light"].shape == (3, E)
+    assert r["collision"].shape == r["collision_at_fault"].shape == r["offroad"].shape == r["red_light"].shape == (3, E)
+    assert not (r["collision_at_fault"] & ~r["collision"]).any()
     assert np.array_equal(r["scored_object_ids"][0], scene.evaluated_agent_ids())
     assert r["loo_contribution"].shape == (3,) and abs(r["loo_contribution"].sum()) < 1e-9
     assert np.allclose(r["loo_contribution"], r["meta_without"].mean() - r["meta_without"])
