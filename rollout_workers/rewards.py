@@ -19,7 +19,8 @@ def group_rewards(
 
     Per rollout: `collision`, `collision_at_fault`, `offroad`, `red_light` bool [G, E] ("ever happened" per scored
     agent, ids in `scored_object_ids` [G, E]), `meta_single` [G] (the rollout's own meta metric), `meta_without` [G]
-    (the group's meta metric without it) and `loo_contribution` [G] (leave-one-out contribution). Group: the realism metric dict.
+    (the group's meta metric without it) and `loo_contribution` [G] (leave-one-out contribution). Group: the realism
+    metric dict.
     Leave-one-out needs G >= 2; a single rollout gets the group metrics only.
     """
     if scored not in SCORED:

@@ -57,10 +57,11 @@ def collision_at_fault(batch: Batch, first_collision: Tensor, cur: int) -> Tenso
     here = batch.traj[s, r + 1, ego, t]  # [n, 4]
     rel = everyone[..., :2] - here[:, None, :2]
     dist = torch.hypot(rel[..., 0], rel[..., 1])
+    row = torch.arange(len(s), device=out.device)
     others = batch.valid[s, r + 1, :, t].clone()
-    others[torch.arange(len(s), device=out.device), ego] = False
+    others[row, ego] = False
     nearest = torch.where(others, dist, torch.full_like(dist, float("inf"))).argmin(1)
-    ahead = rel[torch.arange(len(s), device=out.device), nearest]
+    ahead = rel[row, nearest]
     out[s, r, e] = ahead[:, 0] * torch.cos(here[:, 3]) + ahead[:, 1] * torch.sin(here[:, 3]) > 0
     return out
 

@@ -281,7 +281,7 @@ def test_collision_at_fault_charges_the_car_that_drives_into_the_other(scene):
     half = [float(scene.states[scene.track_index([i])[0], cur, LENGTH]) / 2 for i in (a_id, b_id)]
     far = np.array([scene.states[:, cur, X].max() + 3000.0, scene.states[:, cur, Y].max() + 3000.0])
     t = np.arange(80)
-    for r, (sign, b_heading) in enumerate([(1.0, 0.0), (-1.0, np.pi)]):  # B still, facing along +x / towards A
+    for r, b_heading in enumerate([0.0, np.pi]):  # B still, facing along +x (rear-end) / towards A (head-on)
         ro.x[r, b], ro.y[r, b], ro.heading[r, b] = far[0], far[1], b_heading
         ro.x[r, a], ro.y[r, a], ro.heading[r, a] = far[0] - 40.0 + 1.0 * t, far[1], 0.0  # A drives +x at 10 m/s
     gap = 40.0 - 1.0 * t
